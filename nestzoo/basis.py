@@ -41,4 +41,4 @@ def basis_model(model, pooled=False):
         if pooled and len(tensor.shape) == 4:
             tensor = layers.GlobalAveragePooling2D(name=f"pooled_{key}")(tensor)
         outputs[key] = tensor
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_basis")
+    return keras.Model(model.input, outputs, name=f"{model.name}_basis")

@@ -1,0 +1,263 @@
+"""The ResNet-family builders: architecture, porting details, heads, taps, bad input."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import nestzoo
+from nestzoo import layers as nz_layers
+from nestzoo import models
+
+TINY = dict(depths=(1, 1, 1), widths=(4, 8, 8), input_shape=(8, 8, 3))
+
+# REFERENCE.md: trainable parameters of the reference implementation, CIFAR-10.
+REFERENCE_COUNTS = {
+    "wrn16-8": (11_091_594, 11_090_570, 11_091_594, 8_744_164),
+    "wrn40-4": (8_977_226, 8_976_714, 8_977_226, 8_411_420),
+    "resnet110": (1_730_522, 1_730_394, 1_730_522, 1_713_620),
+    "resnet20": (272_282, 272_154, 272_282, 238_130),
+}
+BUILDERS = (nestzoo.ResNet, nestzoo.ResNEst, nestzoo.BNResNEst, nestzoo.AResNEst)
+
+
+def trainable(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+@pytest.mark.parametrize("arch", REFERENCE_COUNTS)
+def test_parameter_counts_equal_reference(arch):
+    counts = tuple(trainable(build(arch=arch, classes=10)) for build in BUILDERS)
+    assert counts == REFERENCE_COUNTS[arch]
+
+
+def test_usage_line_and_spellings():
+    model = nestzoo.AResNEst(arch="wrn40-4", classes=100)
+    assert model.output_shape == (None, 100)
+    for typed in ("WRN-40-4", "wrn_40_4", "wrn40-4"):
+        assert nestzoo.ResNet(arch=typed).count_params() == nestzoo.ResNet(arch="wrn40-4").count_params()
+    assert trainable(nestzoo.ResNet(arch="ResNet-110")) == trainable(nestzoo.ResNet(arch="resnet-110"))
+
+
+def test_registry_lists_and_builds_every_arch_variant():
+    names = nestzoo.list_models()
+    for arch in REFERENCE_COUNTS:
+        for variant in ("standard", "resnest", "bn-resnest", "a-resnest"):
+            assert f"{arch}.{variant}" in names
+    assert nestzoo.list_models("wrn16") == [n for n in names if n.startswith("wrn16-8.")]
+    model = nestzoo.create_model("resnet20.a-resnest", classes=7)
+    assert trainable(model) == trainable(nestzoo.AResNEst("resnet20", classes=7))
+    assert nestzoo.create_model("ResNet-20.BN_ResNEst").name == "resnet20_bn-resnest"
+
+
+def test_heads_differ_only_in_how_xL_reaches_the_predictor():
+    names = {b.__name__: {l.name for l in b(**TINY).layers} for b in BUILDERS}
+    backbone = names["ResNEst"] - {"avg_pool", "logits", "predictions"}
+    assert names["ResNet"] == names["ResNEst"] | {"final_bn", "final_relu"}
+    assert names["BNResNEst"] == names["ResNEst"] | {"final_bn"}
+    # A-ResNEst: W_L and with it x_L (and x_L's shortcut) deleted, heads H_i on pooled v_i
+    deleted = {"block3_W", "block3_x", "block3_shortcut"}
+    assert names["AResNEst"] >= backbone - deleted
+    assert not names["AResNEst"] & (deleted | {"final_bn", "avg_pool"})
+    assert {f"head{i}" for i in range(4)} <= names["AResNEst"]
+
+
+def test_block_structure_follows_reference():
+    model = nestzoo.ResNEst(**TINY)
+    # stem: 3x3 conv, no bias, to the first stage's width
+    assert model.get_layer("expansion").kernel.shape == (3, 3, 3, 4)
+    assert all(not l.use_bias for l in model.layers if isinstance(l, keras.layers.Conv2D))
+    # stage 1 keeps the width: identity shortcut; stages 2, 3 start with stride 2 and project
+    names = {l.name for l in model.layers}
+    assert "block1_shortcut" not in names
+    assert model.get_layer("block2_shortcut").strides == (2, 2)
+    assert model.get_layer("block3_x").output.shape == (None, 2, 2, 8)
+    # the projection reads the pre-activated input
+    assert model.get_layer("block2_shortcut").input is model.get_layer("block2_preact_relu").output
+
+
+def test_bottleneck_block_and_custom_features():
+    model = nestzoo.ResNEst(depths=(2, 2), widths=(16, 32), features=(4, 8), block="bottleneck", input_shape=(8, 8, 3))
+    w = model.get_layer("block1_W")  # W_i: the last 1x1 conv, K_i -> M
+    assert w.kernel.shape == (1, 1, 4, 16)
+    assert model.get_layer("block3_conv2").strides == (2, 2)  # stride on the 3x3
+    assert model.get_layer("block3_features").output.shape[-1] == 8
+    spec = nestzoo.ResNetSpec.from_depth(29, widths=(16, 32, 64), block="bottleneck")
+    assert spec.depths == (3, 3, 3) and spec.features == (4, 8, 16)
+    assert nestzoo.ResNetSpec.from_depth(20, (16, 32, 64)) == nestzoo.ARCHS["resnet20"]
+
+
+def test_bottleneck_condition():
+    assert not any(holds for *_, holds in nestzoo.ARCHS["resnet20"].bottleneck_condition())
+    wide = nestzoo.ResNetSpec(depths=(3,), widths=(64,), features=(8,), block="bottleneck")
+    assert wide.bottleneck_condition(input_channels=3) == [(64, 3 + 2 * 8, True)]
+
+
+def test_stride2_padding_is_symmetric_like_pytorch():
+    x = np.random.default_rng(0).normal(size=(1, 6, 6, 1)).astype("float32")
+    kernel = np.random.default_rng(1).normal(size=(3, 3, 1, 1)).astype("float32")
+    inputs = keras.Input((6, 6, 1))
+    model = keras.Model(inputs, nz_layers.conv(inputs, 1, 3, 2, name="c"))
+    model.get_layer("c").set_weights([kernel])
+    padded = np.pad(x[0, :, :, 0], 1)
+    expected = np.array(
+        [[np.sum(padded[2 * i : 2 * i + 3, 2 * j : 2 * j + 3] * kernel[:, :, 0, 0]) for j in range(3)] for i in range(3)]
+    )
+    np.testing.assert_allclose(model(x)[0, :, :, 0], expected, rtol=1e-5, atol=1e-5)
+    same = keras.layers.Conv2D(1, 3, strides=2, padding="same", use_bias=False)
+    same.build(x.shape)
+    same.set_weights([kernel])
+    assert not np.allclose(same(x)[0, :, :, 0], expected, atol=1e-3)  # Keras "same" differs
+
+
+def test_batch_norm_uses_pytorch_epsilon_and_momentum():
+    model = nestzoo.ResNet(**TINY)
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and all(l.epsilon == 1e-5 and l.momentum == 0.9 for l in bns)
+    bn = keras.layers.BatchNormalization(epsilon=nz_layers.BN_EPSILON, momentum=nz_layers.BN_MOMENTUM)
+    batch = np.random.default_rng(0).normal(3.0, 1.0, size=(64, 2)).astype("float32")
+    bn(batch, training=True)
+    # PyTorch: running_mean = (1 - 0.1) * 0 + 0.1 * batch_mean
+    np.testing.assert_allclose(bn.moving_mean, 0.1 * batch.mean(0), rtol=1e-5)
+
+
+def test_initialization_is_pytorch_default():
+    model = nestzoo.ResNet(depths=(1,), widths=(64,), input_shape=(8, 8, 3), classes=100)
+    kernel = np.asarray(model.get_layer("block1_W").kernel)  # fan_in 3*3*64
+    bound = 1 / np.sqrt(3 * 3 * 64)
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
+    np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.05)  # uniform, not Glorot
+    bias = np.asarray(model.get_layer("logits").bias)
+    assert np.abs(bias).max() <= 1 / 8 and np.abs(bias).max() > 0.05  # U(+-1/sqrt(64)), not zeros
+    gamma, beta = model.get_layer("final_bn").get_weights()[:2]
+    assert np.all(gamma == 1) and np.all(beta == 0)
+
+
+def test_basis_taps_reproduce_eq2_and_eq4():
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    resnest = nestzoo.ResNEst(classifier_activation=None, **TINY)
+    taps = nestzoo.basis_layers(resnest)
+    assert taps["v0"] == "input" and taps["x0"] == "expansion" and taps["v3"] == "block3_features"
+    basis = nestzoo.basis_model(resnest, pooled=True)(x)
+    assert sorted(basis) == ["v0", "v1", "v2", "v3", "x0", "x1", "x2", "x3"]
+    kernel, bias = resnest.get_layer("logits").get_weights()
+    np.testing.assert_allclose(resnest(x), basis["x3"] @ kernel + bias, rtol=1e-4, atol=1e-5)  # eq. (2)
+
+    augmented = nestzoo.AResNEst(classifier_activation=None, **TINY)
+    basis = nestzoo.basis_model(augmented, pooled=True)(x)
+    assert "x3" not in basis  # W_L is deleted
+    y = sum(basis[f"v{i}"] @ augmented.get_layer(f"head{i}").kernel + augmented.get_layer(f"head{i}").bias for i in range(4))
+    np.testing.assert_allclose(augmented(x), y, rtol=1e-4, atol=1e-5)  # eq. (4)
+    unpooled = nestzoo.basis_model(augmented)(x)
+    assert unpooled["v1"].shape == (2, 8, 8, 4) and unpooled["v3"].shape == (2, 2, 2, 8)
+
+
+def test_include_top_and_pooling():
+    assert nestzoo.ResNet(include_top=False, **TINY).output_shape == (None, 2, 2, 8)
+    assert nestzoo.BNResNEst(include_top=False, pooling="max", **TINY).output_shape == (None, 8)
+    # A-ResNEst without top: the pooled basis v_0..v_L, 3 + 4 + 8 + 8 channels
+    assert nestzoo.AResNEst(include_top=False, pooling="avg", **TINY).output_shape == (None, 23)
+    probabilities = nestzoo.ResNet(**TINY)(np.ones((2, 8, 8, 3), "float32"))
+    np.testing.assert_allclose(np.sum(probabilities, axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype_policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("build", [nestzoo.ResNet, nestzoo.AResNEst])
+def test_mixed_precision_output_is_float32(policy, dtype_policy, build):
+    policy(dtype_policy)
+    model = build(**TINY)
+    assert model.get_layer("block1_W").compute_dtype == dtype_policy.split("_")[1]
+    assert model.output.dtype == "float32"
+    assert keras.ops.convert_to_numpy(model(np.ones((1, 8, 8, 3)))).dtype == np.float32
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_save_and_reload_keras_file(tmp_path, build):
+    model = build(**TINY)
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    model.fit(x, np.array([0, 1]), epochs=1, verbose=0)  # moves the BN statistics off their defaults
+    path = tmp_path / "model.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), reloaded.predict(x, verbose=0))
+
+
+def test_weights_file_round_trip(tmp_path):
+    model = nestzoo.ResNet(**TINY)
+    path = str(tmp_path / "tiny.weights.h5")
+    model.save_weights(path)
+    x = np.ones((1, 8, 8, 3), "float32")
+    np.testing.assert_array_equal(model(x), nestzoo.ResNet(weights=path, **TINY)(x))
+
+
+@pytest.fixture
+def no_keras(monkeypatch):
+    """Fail the test if a builder reaches Keras layers before rejecting its input."""
+
+    def reached(*args, **kwargs):
+        raise AssertionError("Keras was reached before the bad input was rejected")
+
+    monkeypatch.setattr(models.keras, "Input", reached)
+
+
+BAD_INPUTS = [
+    (dict(arch="resnet21"), "valid choices: resnet20, resnet110, wrn16-8, wrn40-4"),
+    (dict(arch="resnet20", classes=0), "classes must be an integer >= 1"),
+    (dict(arch="resnet20", input_shape=(3, 3, 3)), "downsamples by 4, so height and width must be at least 4"),
+    (dict(depth=21, widths=(16, 32, 64)), r"depth 6n\+2 \(8, 14, 20"),
+    (dict(depth=21, widths=(16, 32, 64), block="bottleneck"), r"depth 9n\+2 \(11, 20, 29"),
+    (dict(depths=(3, 3, 3), widths=(16, 0, 64)), "widths must be a non-empty list of positive integers"),
+    (dict(depths=(3, -1, 3), widths=(16, 32, 64)), "depths must be a non-empty list of positive integers"),
+    (dict(depths=(3, 3), widths=(16, 32, 64)), "one entry per stage"),
+    (dict(depths=(3, 3, 3), widths=(16, 32, 64), features=(4, 8)), "one entry per stage"),
+    (dict(depths=(3,), widths=(16,), block="dense"), "valid choices: basic, bottleneck"),
+    (dict(arch="resnet20", depths=(1, 1, 1)), "either arch"),
+    (dict(arch="resnet20", pooling="mean"), "pooling must be one of"),
+    (dict(arch="resnet20", weights="missing.h5"), "is not a file"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD_INPUTS)
+def test_bad_input_is_rejected_before_keras(no_keras, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        nestzoo.ResNet(**kwargs)
+
+
+def test_bad_variant_and_model_names(no_keras):
+    with pytest.raises(ValueError, match="valid choices: standard, resnest, bn-resnest, a-resnest"):
+        nestzoo.create_model("resnet20.c-resnest")
+    with pytest.raises(ValueError, match="'arch.variant'"):
+        nestzoo.create_model("resnet20")
+    with pytest.raises(ValueError, match="pooling='avg'"):
+        nestzoo.AResNEst("resnet20", include_top=False)
+
+
+def test_weights_that_do_not_fit_are_rejected(tmp_path):
+    path = str(tmp_path / "standard.weights.h5")
+    nestzoo.ResNet(**TINY).save_weights(path)
+    with pytest.raises(ValueError, match="does not fit .* holds 39 variables, the architecture has 35"):
+        nestzoo.ResNEst(weights=path, **TINY)
+    with pytest.raises(ValueError, match="of other shapes"):
+        nestzoo.ResNet(weights=path, classes=3, **TINY)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_builds_under_other_backends(backend):
+    pytest.importorskip(backend, reason=f"the {backend} backend is not installed here; CI runs TensorFlow")
+    script = textwrap.dedent(
+        """
+        import numpy as np, keras, nestzoo
+        assert keras.backend.backend() == "{backend}"
+        for build in (nestzoo.ResNet, nestzoo.AResNEst):
+            model = build(depths=(1, 1, 1), widths=(4, 8, 8), input_shape=(8, 8, 3))
+            assert model.predict(np.ones((2, 8, 8, 3), "float32"), verbose=0).shape == (2, 10)
+        print("ok")
+        """
+    ).format(backend=backend)
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
