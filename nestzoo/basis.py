@@ -3,7 +3,8 @@
 Every nestzoo model names its layers so that (Section 2, Figure 2)
 
 * v_0 = x is the output of the ``input`` layer,
-* v_i is the output of ``block{i}_features`` (the last ReLU of G_i), i = 1..L,
+* v_i is the output of ``block{i}_features`` (the last ReLU of G_i; in a DenseNet
+  the 3x3 convolution of Q_i, eq. 8), i = 1..L,
 * x_0 = W_0 x is the output of ``expansion``,
 * x_i is the output of ``block{i}_x``, i = 1..L (an A-ResNEst has no x_L).
 """

@@ -5,10 +5,16 @@ Layer names of block i (i = 1..L, counted over the whole network):
 (1x1 projection, only where the stride or width changes), the layers of G_i
 (``_conv1``, ``_bn1``, ...), ``block{i}_features`` (the ReLU whose output is the
 feature v_i), ``block{i}_W`` (the linear map W_i) and ``block{i}_x`` (the sum x_i).
+
+DenseNet layers, eq. (8), keep the names: ``block{i}_preact_bn``/``_preact_relu``,
+(DenseNet-B) ``block{i}_conv1``/``_bn1``/``_relu1``, ``block{i}_features`` (the
+3x3 convolution, v_i = Q_i(x_{i-1})) and ``block{i}_x`` (the concatenation x_i);
+transitions are ``transition{s}_bn``/``_relu``/``_conv``/``_pool``. Vector blocks:
+``block{i}_dense{j}``, ``block{i}_features`` (Dense-ReLU, v_i), ``block{i}_W``, ``block{i}_x``.
 """
 from keras import layers
 
-from nestzoo.layers import batch_norm, conv
+from nestzoo.layers import batch_norm, conv, linear, matrix
 
 
 def basic_features(y, features, stride, name):
@@ -49,3 +55,44 @@ def residual_block(x, width, features, stride, block, name, residual=True):
         shortcut = conv(y, width, 1, stride, name=f"{name}_shortcut")
     out = conv(v, width, w_kernel, name=f"{name}_W")
     return layers.Add(name=f"{name}_x")([out, shortcut]), v
+
+
+def dense_features(x, growth, bottleneck, name):
+    """Q_i of a DenseNet layer: BN-ReLU-conv3x3(k), DenseNet-B first BN-ReLU-conv1x1(4k).
+
+    The 3x3 convolution, named ``{name}_features``, outputs the feature v_i (no ReLU
+    after it: the next layers pre-activate the concatenation).
+    """
+    y = layers.ReLU(name=f"{name}_preact_relu")(batch_norm(x, f"{name}_preact_bn"))
+    if bottleneck:
+        y = conv(y, 4 * growth, 1, name=f"{name}_conv1")
+        y = layers.ReLU(name=f"{name}_relu1")(batch_norm(y, f"{name}_bn1"))
+    return conv(y, growth, 3, name=f"{name}_features")
+
+
+def dense_block(x, v, name):
+    """Eq. (8): x_i = concat(x_{i-1}, v_i) with v_i = Q_i(x_{i-1}); returns (x_i, v_i)."""
+    return layers.Concatenate(name=f"{name}_x")([x, v]), v
+
+
+def transition(x, channels, name):
+    """DenseNet's transition between stages: BN-ReLU-conv1x1-avgpool 2x2."""
+    y = layers.ReLU(name=f"{name}_relu")(batch_norm(x, f"{name}_bn"))
+    y = conv(y, channels, 1, name=f"{name}_conv")
+    return layers.AveragePooling2D(2, name=f"{name}_pool")(y)
+
+
+def vector_features(x, hidden, features, name):
+    """G_i (or Q_i) of a vector block: Dense-ReLU layers ``{name}_dense{j}`` of the
+    `hidden` widths, then ``{name}_features``, Dense(features)-ReLU, whose output is v_i."""
+    for j, units in enumerate(hidden, 1):
+        x = linear(x, units, f"{name}_dense{j}", activation="relu")
+    return linear(x, features, f"{name}_features", activation="relu")
+
+
+def vector_residual_block(x, features, hidden, name, residual=True):
+    """Eq. (1) on vectors: x_i = x_{i-1} + W_i G_i(x_{i-1}) with W_i a matrix ``{name}_W``; returns (x_i, v_i)."""
+    v = vector_features(x, hidden, features, name)
+    if not residual:
+        return None, v
+    return layers.Add(name=f"{name}_x")([x, matrix(v, x.shape[-1], f"{name}_W")]), v

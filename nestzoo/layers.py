@@ -44,12 +44,18 @@ def batch_norm(x, name):
     return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
 
 
-def linear(x, units, name):
+def linear(x, units, name, activation=None):
     """Dense layer with bias, both initialized as PyTorch's ``nn.Linear``."""
     bound = 1.0 / math.sqrt(x.shape[-1])
     return layers.Dense(
         units,
+        activation=activation,
         kernel_initializer=torch_uniform(),
         bias_initializer=keras.initializers.RandomUniform(-bound, bound),
         name=name,
     )(x)
+
+
+def matrix(x, units, name):
+    """A pure linear map x -> W x (bias-free Dense, PyTorch's ``nn.Linear(bias=False)`` init)."""
+    return layers.Dense(units, use_bias=False, kernel_initializer=torch_uniform(), name=name)(x)

@@ -11,7 +11,12 @@ standard   BN, ReLU, global average pool, linear        pre-activation ResNet
 resnest    global average pool, linear W_{L+1}          eq. (2)
 bn-resnest BN, global average pool, linear              appendix B.2
 a-resnest  sum of linear heads H_i on pooled v_0..v_L   eq. (4)
+densenest  global average pool, linear W_{L+1}          eq. (9)
 ========== ============================================ ===================
+
+The DenseNet family ("standard" is the DenseNet, "densenest" eq. (9)) shares the
+heads; its backbone concatenates, eq. (8). With ``arch="mlp"`` either family is
+vector-valued (inputs (N_in,), Dense layers; see ``nestzoo.specs.VectorResNetSpec``).
 
 The A-ResNEst deletes the last block's W_L (and with it x_L), the final BN and the
 final linear layer. Head layer names: ``final_bn``, ``final_relu``, ``avg_pool``,
@@ -26,8 +31,15 @@ import keras
 from keras import layers
 
 from nestzoo import specs
-from nestzoo.blocks import residual_block
-from nestzoo.layers import batch_norm, conv, linear
+from nestzoo.blocks import (
+    dense_block,
+    dense_features,
+    residual_block,
+    transition,
+    vector_features,
+    vector_residual_block,
+)
+from nestzoo.layers import batch_norm, conv, linear, matrix
 
 POOLINGS = (None, "avg", "max")
 
@@ -46,8 +58,12 @@ HEADS = {
     "resnest": Head(),
     "bn-resnest": Head(final_bn=True),
     "a-resnest": Head(augmented=True),
+    "densenest": Head(),  # eq. (9): x_L reaches W_{L+1} with no BN and no ReLU
 }
-FAMILY_VARIANTS = {"resnet": ("standard", "resnest", "bn-resnest", "a-resnest")}
+FAMILY_VARIANTS = {
+    "resnet": ("standard", "resnest", "bn-resnest", "a-resnest"),
+    "densenet": ("standard", "densenest"),
+}
 
 
 def canonical_variant(variant, family):
@@ -66,12 +82,10 @@ def resnet_spec(arch=None, *, depths=None, widths=None, features=None, block="ba
     """A named ResNet spec, or a custom one from per-stage lists or a total depth."""
     custom = {"depths": depths, "widths": widths, "features": features, "depth": depth}
     if arch is not None:
-        given = [k for k, v in custom.items() if v is not None]
-        if given or block != "basic":
-            raise ValueError(f"give either arch={arch!r} or a custom network ({', '.join(given) or 'block'}), not both")
-        return specs.get_spec(arch)
+        return _named(arch, {**custom, "block": None if block == "basic" else block}, "resnet")
     if widths is None:
-        raise ValueError(f"give arch (one of {', '.join(specs.ARCHS)}) or widths for a custom network")
+        names = [name for name, spec in specs.ARCHS.items() if spec.family == "resnet"] + [specs.VECTOR_ARCH]
+        raise ValueError(f"give arch (one of {', '.join(names)}) or widths for a custom network")
     if depth is not None:
         if depths is not None:
             raise ValueError("give depths (blocks per stage) or depth (total layers), not both")
@@ -79,6 +93,42 @@ def resnet_spec(arch=None, *, depths=None, widths=None, features=None, block="ba
     if depths is None:
         raise ValueError("a custom network needs depths (blocks per stage) or depth (total layers)")
     return specs.ResNetSpec(depths, widths, features, block)
+
+
+def _named(arch, custom, family):
+    """The registered spec of `arch`, refusing custom arguments given beside it."""
+    given = [k for k, v in custom.items() if v is not None]
+    if given:
+        raise ValueError(f"give either arch={arch!r} or a custom network ({', '.join(given)}), not both")
+    return specs.get_spec(arch, family)
+
+
+def densenet_spec(arch=None, *, depths=None, depth=None, growth=None, bottleneck=None, compression=None, stem=None):
+    """A named DenseNet spec, or a custom one from dense layers per stage or a total depth."""
+    custom = {"growth": growth, "bottleneck": bottleneck, "compression": compression, "stem": stem}
+    custom = {k: v for k, v in custom.items() if v is not None}
+    if arch is not None:
+        return _named(arch, {**custom, "depths": depths, "depth": depth}, "densenet")
+    if (depths is None) == (depth is None):
+        raise ValueError("a custom DenseNet needs one of depths (dense layers per stage) or depth (total layers)")
+    if depth is not None:
+        return specs.DenseNetSpec.from_depth(depth, **custom)
+    return specs.DenseNetSpec(depths, **custom)
+
+
+VECTOR_SPECS = {"resnet": specs.VectorResNetSpec, "densenet": specs.VectorDenseNetSpec}
+
+
+def make_spec(family, arch, custom):
+    """The spec a `family` builder makes of `arch` and the custom keywords; "mlp" is vector-valued."""
+    if arch is None or specs.canonical(arch) != specs.VECTOR_ARCH:
+        return SPEC_FACTORIES[family](arch, **custom)
+    spec_type = VECTOR_SPECS[family]
+    fields = [f.name for f in dataclasses.fields(spec_type)]
+    unknown = sorted(set(custom) - set(fields))
+    if unknown:
+        raise ValueError(f"arch={arch!r} ({family} family) takes {', '.join(fields)}; got {', '.join(unknown)}")
+    return spec_type(**custom)
 
 
 def resnet_backbone(v0, spec, last_residual=True):
@@ -92,8 +142,50 @@ def resnet_backbone(v0, spec, last_residual=True):
     return x, basis
 
 
-BACKBONES = {specs.ResNetSpec: resnet_backbone}
-SPEC_FACTORIES = {"resnet": resnet_spec}
+def densenet_backbone(v0, spec, last_residual=True):
+    """The stem, the dense layers of eq. (8) and the transitions; returns x_L and [v_0..v_L].
+
+    The paper's DenseNEst has x_0 = x; the stem convolution (named ``expansion``, so
+    taps read it as x_0) and the transitions between stages are the CIFAR DenseNet's
+    additions: within a stage, x_i = concat(x_{i-1}, Q_i(x_{i-1})) exactly.
+    """
+    x = conv(v0, spec.stem, 3, name="expansion")
+    basis = [v0]  # v_0 = x
+    for i, stage, transition_channels in spec.stage_blocks():
+        x, v = dense_block(x, dense_features(x, spec.growth, spec.bottleneck, f"block{i}"), f"block{i}")
+        basis.append(v)
+        if transition_channels is not None:
+            x = transition(x, transition_channels, f"transition{stage + 1}")
+    return x, basis
+
+
+def vector_resnet_backbone(v0, spec, last_residual=True):
+    """Eqs. (1)-(2) on vectors: x_0 = W_0 x (a matrix), then L blocks; returns x_L and [v_0..v_L]."""
+    x = matrix(v0, spec.width, "expansion")
+    basis = [v0]
+    for i in range(1, spec.depth + 1):
+        x, v = vector_residual_block(x, spec.bottleneck, spec.hidden, f"block{i}", last_residual or i < spec.depth)
+        basis.append(v)
+    return x, basis
+
+
+def vector_densenet_backbone(v0, spec, last_residual=True):
+    """Eq. (8) on vectors: x_0 = x, x_i = concat(x_{i-1}, Q_i(x_{i-1})); returns x_L and [v_0..v_L]."""
+    x = layers.Identity(name="expansion")(v0)
+    basis = [v0]
+    for i in range(1, spec.depth + 1):
+        x, v = dense_block(x, vector_features(x, spec.hidden, spec.growth, f"block{i}"), f"block{i}")
+        basis.append(v)
+    return x, basis
+
+
+BACKBONES = {
+    specs.ResNetSpec: resnet_backbone,
+    specs.DenseNetSpec: densenet_backbone,
+    specs.VectorResNetSpec: vector_resnet_backbone,
+    specs.VectorDenseNetSpec: vector_densenet_backbone,
+}
+SPEC_FACTORIES = {"resnet": resnet_spec, "densenet": densenet_spec}
 
 
 def _pool(x, pooling, name):
@@ -130,17 +222,27 @@ def _check_options(spec, head, input_shape, classes, include_top, pooling, weigh
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
         raise ValueError(f"classes must be an integer >= 1, got {classes!r}")
     shape = tuple(input_shape)
-    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise ValueError(f"input_shape must be (height, width, channels) of positive integers, got {input_shape!r}")
+    if len(shape) not in (1, 3) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise ValueError(
+            f"input_shape must be (height, width, channels) or, with arch='mlp', (N_in,), "
+            f"of positive integers; got {input_shape!r}"
+        )
+    if len(shape) != spec.input_rank:
+        if spec.input_rank == 1:
+            raise ValueError(f"arch='mlp' builds a vector-valued network: give input_shape=(N_in,), not {shape}")
+        raise ValueError(
+            f"this is an image network: give input_shape=(height, width, channels), not {shape}; "
+            "use arch='mlp' for a vector-valued network"
+        )
     least = spec.downsampling
-    if shape[0] < least or shape[1] < least:
+    if len(shape) == 3 and (shape[0] < least or shape[1] < least):
         raise ValueError(
             f"input {shape[0]}x{shape[1]} is too small: this network downsamples by {least}, "
             f"so height and width must be at least {least}"
         )
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    if head.augmented and not include_top and pooling is None:
+    if head.augmented and not include_top and pooling is None and len(shape) == 3:
         raise ValueError(
             "an A-ResNEst's representation is the set of features v_0..v_L of different sizes; "
             "without the top give pooling='avg' or 'max' (or use nestzoo.basis_model)"
@@ -148,6 +250,17 @@ def _check_options(spec, head, input_shape, classes, include_top, pooling, weigh
     if weights is not None and not os.path.isfile(weights):
         raise ValueError(f"weights must be None or the path of a weights file; {weights!r} is not a file")
     return shape
+
+
+def _outputs(classes, outputs, classifier_activation):
+    """(classes, activation): ``classes`` (default 10) through the classifier activation,
+    or ``outputs`` = N_o for regression, with no output activation."""
+    if outputs is None:
+        return (10 if classes is None else classes), classifier_activation
+    if classes is not None:
+        raise ValueError("give classes (a classifier) or outputs (regression, no output activation), not both")
+    specs._positive_int("outputs", outputs)
+    return outputs, None
 
 
 def _load_weights(model, weights):
@@ -174,7 +287,8 @@ def build_model(
     arch=None,
     *,
     input_shape=(32, 32, 3),
-    classes=10,
+    classes=None,
+    outputs=None,
     include_top=True,
     pooling=None,
     classifier_activation="softmax",
@@ -184,10 +298,11 @@ def build_model(
 ):
     """Build `variant` of a network of `family` (a named `arch` or a custom spec)."""
     variant = canonical_variant(variant, family)
-    spec = SPEC_FACTORIES[family](arch, **custom)
+    spec = make_spec(family, arch, custom)
     if spec.family != family:
         raise ValueError(f"{arch!r} is a {spec.family} architecture; use a {spec.family} builder")
     head = HEADS[variant]
+    classes, classifier_activation = _outputs(classes, outputs, classifier_activation)
     shape = _check_options(spec, head, input_shape, classes, include_top, pooling, weights)
 
     inputs = keras.Input(shape=shape, name="input")
@@ -195,7 +310,7 @@ def build_model(
     reps = representation(x_last, basis, head)
     if include_top:
         outputs = predictor(reps, classes, classifier_activation)
-    elif pooling is None:
+    elif pooling is None and len(reps) == 1:
         outputs = reps[0]
     else:
         pooled = [_pool(r, pooling, f"pool{i}" if len(reps) > 1 else f"{pooling}_pool") for i, r in enumerate(reps)]
@@ -208,13 +323,13 @@ def build_model(
 
 BUILDER_DOC = """Build a {title} ({paper}) as a functional ``keras.Model``.
 
-    arch: a registered architecture ({archs}; spellings such as "WRN-40-4" or
-        "ResNet-110" are accepted), or None for a custom network given by keyword:
-        ``depths`` (blocks per stage) or ``depth`` (total layers, He et al. counting),
-        ``widths`` (M per stage), ``features`` (K per stage), ``block``
-        ("basic" or "bottleneck").
-    input_shape: (height, width, channels), default (32, 32, 3).
-    classes: number of outputs of the linear predictor.
+    arch: a registered architecture ({archs}; {custom}
+        ``arch="mlp"`` builds the vector-valued network on inputs (N_in,): {vector}
+    input_shape: (height, width, channels), default (32, 32, 3); (N_in,) with "mlp".
+    classes: number of classes of the linear predictor (default 10), read through
+        ``classifier_activation``.
+    outputs: instead of ``classes``, N_o outputs for regression: the linear
+        predictor's output, with no activation.
     include_top: with False the model outputs the representation that reaches the
         predictor (pooled when ``pooling`` is "avg" or "max").
     pooling: None, "avg" or "max"; used only without the top.
@@ -226,12 +341,37 @@ BUILDER_DOC = """Build a {title} ({paper}) as a functional ``keras.Model``.
     """
 
 
+CUSTOM_DOC = {
+    "resnet": """spellings such as "WRN-40-4" or
+        "ResNet-110" are accepted), or None for a custom network given by keyword:
+        ``depths`` (blocks per stage) or ``depth`` (total layers, He et al. counting),
+        ``widths`` (M per stage), ``features`` (K per stage), ``block``
+        ("basic" or "bottleneck").""",
+    "densenet": """spellings such as "DenseNet-BC-100-12" or
+        "DenseNet-BC (L=100, k=12)" are accepted), or None for a custom network given
+        by keyword: ``depths`` (dense layers per stage) or ``depth`` (total layers:
+        3n+4, or 6n+4 with the bottleneck), ``growth`` (k, default 12), ``bottleneck``
+        (True for DenseNet-B), ``compression`` (in (0, 1], default 1), ``stem``.""",
+}
+VECTOR_DOC = {
+    "resnet": """``width`` (M), ``depth``
+        (L, the number of blocks), ``bottleneck`` (K, the width of each v_i) and
+        ``hidden`` (widths of extra Dense-ReLU layers in G_i, default none).""",
+    "densenet": """``depth`` (L, the number of
+        blocks), ``growth`` (D, the width of each v_i) and ``hidden`` (widths of
+        extra Dense-ReLU layers in Q_i, default none).""",
+}
+
+
 def _builder(family, variant, title, paper):
     def builder(arch=None, **kwargs):
         return build_model(family, variant, arch, **kwargs)
 
+    archs = ", ".join(name for name, spec in specs.ARCHS.items() if spec.family == family)
     builder.__name__ = builder.__qualname__ = title
-    builder.__doc__ = BUILDER_DOC.format(title=title, paper=paper, archs=", ".join(specs.ARCHS))
+    builder.__doc__ = BUILDER_DOC.format(
+        title=title, paper=paper, archs=archs, custom=CUSTOM_DOC[family], vector=VECTOR_DOC[family]
+    )
     return builder
 
 
@@ -239,3 +379,5 @@ ResNet = _builder("resnet", "standard", "ResNet", "the standard pre-activation R
 ResNEst = _builder("resnet", "resnest", "ResNEst", "eq. (2): no BN and no ReLU on x_L")
 BNResNEst = _builder("resnet", "bn-resnest", "BNResNEst", "appendix B.2: BN and no ReLU on x_L")
 AResNEst = _builder("resnet", "a-resnest", "AResNEst", "eq. (4): linear heads H_i on every feature")
+DenseNet = _builder("densenet", "standard", "DenseNet", "the DenseNet: BN and ReLU on x_L")
+DenseNEst = _builder("densenet", "densenest", "DenseNEst", "eqs. (8)-(9): concatenation, no BN and no ReLU on x_L")

@@ -3,6 +3,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -11,3 +12,29 @@ def policy():
     """Set a global dtype policy for one test and restore float32 afterwards."""
     yield keras.mixed_precision.set_global_policy
     keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture
+def no_keras(monkeypatch):
+    """Fail the test if a builder reaches Keras layers before rejecting its input."""
+    from nestzoo import models
+
+    def reached(*args, **kwargs):
+        raise AssertionError("Keras was reached before the bad input was rejected")
+
+    monkeypatch.setattr(models.keras, "Input", reached)
+
+
+@pytest.fixture
+def assert_reloads(tmp_path):
+    """Fit a model one epoch (moving BN statistics off their defaults), save it as a .keras
+    file, reload it without custom_objects and require equal predictions."""
+
+    def check(model, x, y, loss):
+        model.compile("sgd", loss)
+        model.fit(x, y, epochs=1, verbose=0)
+        model.save(tmp_path / "model.keras")
+        reloaded = keras.saving.load_model(tmp_path / "model.keras")
+        np.testing.assert_array_equal(model.predict(x, verbose=0), reloaded.predict(x, verbose=0))
+
+    return check

@@ -1,0 +1,121 @@
+"""The convolutional DenseNet family: DenseNet and DenseNEst, eqs. (8)-(9)."""
+import keras
+import numpy as np
+import pytest
+
+import nestzoo
+from nestzoo import specs
+
+TINY = dict(depths=(2, 2, 2), growth=4, input_shape=(8, 8, 3))
+TINY_BC = dict(depth=16, growth=4, bottleneck=True, compression=0.5, input_shape=(8, 8, 3))  # 6n+4, n = 2
+BUILDERS = (nestzoo.DenseNet, nestzoo.DenseNEst)
+
+
+def trainable(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+@pytest.mark.parametrize(
+    "arch,standard,final_channels",
+    [("densenet40-12", 1_019_722, 16 + 3 * 12 * 12), ("densenet-bc100-12", 769_162, 342)],
+)
+def test_parameter_counts_equal_reference(arch, standard, final_channels):
+    # REFERENCE.md: exact counts; the DenseNEst drops only the final BN (gamma, beta)
+    assert trainable(nestzoo.DenseNet(arch, classes=10)) == standard
+    assert trainable(nestzoo.DenseNEst(arch, classes=10)) == standard - 2 * final_channels
+
+
+@pytest.mark.parametrize("arch,millions", [("densenet-bc250-24", 15.3), ("densenet-bc190-40", 25.6)])
+def test_large_parameter_counts_within_one_percent(arch, millions):
+    assert trainable(nestzoo.DenseNet(arch, classes=10)) == pytest.approx(millions * 1e6, rel=0.01)
+
+
+def test_spellings_and_registry():
+    for typed in ("DenseNet-BC-100-12", "DenseNet-BC (L=100, k=12)", "densenet_bc_100_12", "DenseNetBC-100-12"):
+        assert specs.get_spec(typed) is specs.ARCHS["densenet-bc100-12"]
+    assert specs.get_spec("DenseNet-40-12") is specs.ARCHS["densenet40-12"]
+    names = nestzoo.list_models("densenet")
+    assert {"densenet40-12.standard", "densenet40-12.densenest", "densenet-bc190-40.densenest"} <= set(names)
+    assert len(names) == 8
+    model = nestzoo.create_model("DenseNet-40-12.DenseNEst", classes=3)
+    assert model.name == "densenet40-12_densenest" and model.output_shape == (None, 3)
+    assert nestzoo.models.canonical_variant("DenseNet", "densenet") == "standard"
+
+
+def test_variants_differ_only_in_the_final_bn_relu():
+    names = {build.__name__: {layer.name for layer in build(**TINY).layers} for build in BUILDERS}
+    assert names["DenseNet"] == names["DenseNEst"] | {"final_bn", "final_relu"}
+    assert {"transition1_conv", "transition2_pool", "expansion"} <= names["DenseNEst"]
+    assert "transition3_conv" not in names["DenseNEst"]
+
+
+def test_dense_layers_concatenate_eq8_and_reach_the_predictor_linearly_eq9():
+    model = nestzoo.DenseNEst(classifier_activation=None, **TINY_BC)
+    assert model.get_layer("block1_conv1").output.shape[-1] == 16  # DenseNet-B: 1x1 to 4k
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    basis = nestzoo.basis_model(model)(x)
+    assert sorted(basis, key=lambda k: (k[0], int(k[1:]))) == [f"v{i}" for i in range(7)] + [f"x{i}" for i in range(7)]
+    assert basis["x0"].shape == (2, 8, 8, 8)  # stem 2k
+    for i in (1, 2, 4, 6):  # within a stage, x_i = concat(x_{i-1}, v_i), eq. (8)
+        assert basis[f"v{i}"].shape[-1] == 4
+        np.testing.assert_array_equal(basis[f"x{i}"], np.concatenate([basis[f"x{i - 1}"], basis[f"v{i}"]], -1))
+    # after a transition the next stage starts from the compressed, pooled x: 8 + 2k = 16 -> 8 channels
+    assert basis["x3"].shape == (2, 4, 4, 8 + 4)
+    kernel, bias = model.get_layer("logits").get_weights()
+    pooled = np.mean(basis["x6"], axis=(1, 2))
+    np.testing.assert_allclose(model(x), pooled @ kernel + bias, rtol=1e-4, atol=1e-5)  # eq. (9)
+
+
+def test_custom_networks_and_options():
+    model = nestzoo.DenseNet(depth=10, growth=3, input_shape=(8, 8, 1), classes=2)  # 3n+4, n = 2
+    assert model.get_layer("expansion").output.shape[-1] == 16
+    assert model.get_layer("block6_x").output.shape == (None, 2, 2, 16 + 6 * 3)
+    assert nestzoo.DenseNEst(include_top=False, **TINY).output_shape == (None, 2, 2, 16 + 6 * 4)
+    assert nestzoo.DenseNet(include_top=False, pooling="avg", **TINY).output_shape == (None, 40)
+    regression = nestzoo.DenseNEst(outputs=2, **TINY)
+    assert regression.get_layer("predictions").get_config()["activation"] == "linear"
+    probabilities = nestzoo.DenseNet(**TINY)(np.ones((2, 8, 8, 3), "float32"))
+    np.testing.assert_allclose(np.sum(probabilities, axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_mixed_precision_output_is_float32(policy, build):
+    policy("mixed_float16")
+    model = build(**TINY)
+    assert model.get_layer("block1_features").compute_dtype == "float16"
+    assert keras.ops.convert_to_numpy(model(np.ones((1, 8, 8, 3)))).dtype == np.float32
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_save_and_reload_keras_file(assert_reloads, build):
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    assert_reloads(build(**TINY_BC), x, np.array([0, 1]), "sparse_categorical_crossentropy")
+
+
+BAD_INPUTS = [
+    (dict(arch="densenet41-12"), "unknown DenseNet arch 'densenet41-12'; valid choices: densenet40-12, densenet-bc100-12"),
+    (dict(depths=(2, 2, 2), growth=0), "growth rate must be a positive integer"),
+    (dict(depths=(2, 2, 2), growth=2.5), "growth rate must be a positive integer"),
+    (dict(depths=(2, 2, 2), compression=0), r"compression must be in \(0, 1\]"),
+    (dict(depths=(2, 2, 2), compression=1.5), r"compression must be in \(0, 1\]"),
+    (dict(depths=(2, 2, 2), compression=0.01), "leaves a transition with no channels"),
+    (dict(depth=41), r"DenseNet \(no bottleneck\) has depth 3n\+4 \(7, 10, 13"),
+    (dict(depth=101, bottleneck=True), r"DenseNet-BC \(bottleneck\) has depth 6n\+4 \(10, 16, 22"),
+    (dict(depths=(2, 0, 2)), "depths .* must be a non-empty list of positive integers"),
+    (dict(growth=12), "one of depths .* or depth"),
+    (dict(arch="densenet40-12", growth=24), "either arch"),
+    (dict(arch="densenet40-12", input_shape=(10,)), "image network.*use arch='mlp'"),
+    (dict(arch="resnet20"), "resnet architecture; use a resnet builder"),
+    (dict(arch="mlp", depth=2, growth=4), r"give input_shape=\(N_in,\)"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD_INPUTS)
+def test_bad_input_is_rejected_before_keras(no_keras, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        nestzoo.DenseNEst(**kwargs)
+
+
+def test_bad_variant(no_keras):
+    with pytest.raises(ValueError, match="valid choices: standard, densenest"):
+        nestzoo.create_model("densenet40-12.resnest")

@@ -1,0 +1,172 @@
+"""The vector-valued family (arch="mlp"): five variants, exact linear algebra, Proposition 4."""
+import numpy as np
+import pytest
+
+import nestzoo
+
+RES = dict(arch="mlp", input_shape=(5,), width=16, depth=3, bottleneck=4)
+DENSE = dict(arch="mlp", input_shape=(5,), depth=3, growth=4)
+VARIANTS = [
+    (nestzoo.ResNet, RES),
+    (nestzoo.ResNEst, RES),
+    (nestzoo.BNResNEst, RES),
+    (nestzoo.AResNEst, RES),
+    (nestzoo.DenseNet, DENSE),
+    (nestzoo.DenseNEst, DENSE),
+]
+IDS = [build.__name__ for build, _ in VARIANTS]
+
+
+def inputs(n=8, dim=5, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, dim)).astype("float32")
+
+
+def test_issue_example():
+    model = nestzoo.ResNEst(arch="mlp", input_shape=(10,), width=64, depth=4, bottleneck=8, outputs=1)
+    # W_0 (10x64) + 4 blocks of G_i = Dense(8) with bias and W_i (8x64) + W_{L+1} with bias
+    assert model.count_params() == 10 * 64 + 4 * ((64 * 8 + 8) + 8 * 64) + (64 + 1)
+    assert model.output_shape == (None, 1)
+
+
+@pytest.mark.parametrize("build,kwargs", VARIANTS, ids=IDS)
+def test_regression_and_classification_outputs(build, kwargs):
+    x = inputs()
+    regression = build(outputs=2, **kwargs)
+    y = regression.predict(x, verbose=0)
+    assert y.shape == (8, 2) and y.dtype == np.float32
+    assert regression.get_layer("predictions").get_config()["activation"] == "linear"
+    probabilities = build(classes=3, **kwargs).predict(x, verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert build(classes=3, classifier_activation=None, **kwargs).get_layer("predictions").get_config()["activation"] == "linear"
+
+
+@pytest.mark.parametrize("build,kwargs", VARIANTS, ids=IDS)
+def test_scalar_width_one(build, kwargs):
+    sizes = dict(width=1, bottleneck=1) if "width" in kwargs else dict(growth=1)
+    model = build(**{**kwargs, **sizes, "input_shape": (1,)}, outputs=1)
+    assert model.predict(inputs(dim=1), verbose=0).shape == (8, 1)
+
+
+@pytest.mark.parametrize("build,kwargs", VARIANTS, ids=IDS)
+def test_save_and_reload_keras_file(assert_reloads, build, kwargs):
+    x = inputs()
+    assert_reloads(build(outputs=1, **kwargs), x, x[:, :1], "mse")
+
+
+def test_taps_and_matrices_reproduce_eq2_eq4_and_eq9():
+    x = inputs()
+    resnest = nestzoo.ResNEst(outputs=2, hidden=(6,), **RES)
+    maps = nestzoo.linear_maps(resnest)
+    assert list(maps) == ["W0", "W1", "W2", "W3", "W4", "b"]
+    assert maps["W0"].shape == (16, 5) and maps["W1"].shape == (16, 4) and maps["W4"].shape == (2, 16)
+    taps = nestzoo.basis_model(resnest)(x)
+    x_l = taps["v0"] @ maps["W0"].T + sum(taps[f"v{i}"] @ maps[f"W{i}"].T for i in (1, 2, 3))
+    np.testing.assert_allclose(taps["x3"], x_l, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(resnest(x), x_l @ maps["W4"].T + maps["b"], rtol=1e-4, atol=1e-5)  # eq. (2)
+    (a1, c1), (a2, c2) = nestzoo.block_weights(resnest, 1)  # G_1: hidden Dense(6), then Dense(4), ReLU each
+    v1 = np.maximum(np.maximum(taps["x0"] @ a1.T + c1, 0) @ a2.T + c2, 0)
+    np.testing.assert_allclose(taps["v1"], v1, rtol=1e-4, atol=1e-5)
+
+    augmented = nestzoo.AResNEst(outputs=2, **RES)
+    maps = nestzoo.linear_maps(augmented)
+    assert "W3" not in maps and "W4" not in maps  # W_L and W_{L+1} are deleted
+    taps = nestzoo.basis_model(augmented)(x)
+    y = sum(taps[f"v{i}"] @ maps[f"H{i}"].T for i in range(4)) + maps["b"]
+    np.testing.assert_allclose(augmented(x), y, rtol=1e-4, atol=1e-5)  # eq. (4)
+
+    densenest = nestzoo.DenseNEst(outputs=2, **DENSE)
+    maps = nestzoo.linear_maps(densenest)
+    assert list(maps) == ["W4", "b"] and maps["W4"].shape == (2, 5 + 3 * 4)
+    taps = nestzoo.basis_model(densenest)(x)
+    np.testing.assert_array_equal(taps["x0"], x)  # x_0 = x, eq. (8)
+    np.testing.assert_array_equal(taps["x3"], np.concatenate([taps[f"v{i}"] for i in range(4)], axis=1))
+    np.testing.assert_allclose(densenest(x), taps["x3"] @ maps["W4"].T + maps["b"], rtol=1e-4, atol=1e-5)  # eq. (9)
+
+
+def test_hand_built_scalar_resnet_computes_absolute_value():
+    # x_0 = x, x_1 = x_0 + 1 * ReLU(-2 x_0) = |x|, y = x_1: a one-block scalar ResNEst
+    model = nestzoo.ResNEst(arch="mlp", input_shape=(1,), width=1, depth=1, bottleneck=1, outputs=1)
+    nestzoo.set_linear_maps(model, {"W0": [[1.0]], "W1": [[1.0]], "W2": [[1.0]], "b": [0.0]})
+    nestzoo.set_block_weights(model, 1, [([[-2.0]], [0.0])])
+    x = np.linspace(-3, 3, 13, dtype="float32")[:, None]
+    np.testing.assert_allclose(model.predict(x, verbose=0), np.abs(x), atol=1e-6)
+    with pytest.raises(ValueError, match=r"W1 must have shape \(1, 1\)"):
+        nestzoo.set_linear_maps(model, {"W1": np.ones((2, 1))})
+    with pytest.raises(ValueError, match="has no linear map 'W7'"):
+        nestzoo.set_linear_maps(model, {"W7": [[1.0]]})
+    with pytest.raises(ValueError, match="no block 2; blocks are 1..1"):
+        nestzoo.set_block_weights(model, 2, [])
+
+
+def test_bottleneck_condition_and_assumption4():
+    wide = nestzoo.ResNEst(outputs=1, **RES)  # M = 16 >= 5 + 2 * 4
+    assert nestzoo.bottleneck_condition(wide) == (16, 13, True)
+    assert nestzoo.VectorResNetSpec(width=16, depth=3, bottleneck=4).bottleneck_condition(5) == (16, 13, True)
+    assert nestzoo.assumption4(wide)
+    maps = nestzoo.linear_maps(wide)
+    nestzoo.set_linear_maps(wide, {"W2": maps["W0"][:, :4]})  # W_2's columns repeat W_0's
+    assert not nestzoo.assumption4(wide)
+    narrow = nestzoo.AResNEst(**{**RES, "width": 8}, outputs=1)
+    assert nestzoo.bottleneck_condition(narrow) == (8, 13, False)
+    assert not nestzoo.assumption4(narrow)  # 13 columns in R^8
+    with pytest.raises(ValueError, match="Proposition 3"):
+        nestzoo.assumption4(nestzoo.DenseNEst(outputs=1, **DENSE))
+    with pytest.raises(ValueError, match="not a vector-valued nestzoo model"):
+        nestzoo.linear_maps(nestzoo.ResNEst(depths=(1,), widths=(4,), input_shape=(4, 4, 1)))
+
+
+@pytest.mark.parametrize(
+    "build,kwargs",
+    [
+        (nestzoo.DenseNEst, dict(outputs=3, hidden=(7, 3))),
+        (nestzoo.DenseNEst, dict(classes=4)),
+        (nestzoo.DenseNet, dict(outputs=2)),
+    ],
+)
+def test_proposition4_densenest_equals_a_wide_resnest(build, kwargs):
+    densenest = build(**DENSE, **kwargs)
+    if build is nestzoo.DenseNet:  # give the final BN non-default statistics
+        densenest.compile("sgd", "mse")
+        densenest.fit(inputs(), inputs()[:, :2], epochs=1, verbose=0)
+    resnest = nestzoo.densenest_to_resnest(densenest)
+    assert resnest.get_layer("expansion").units == 5 + 3 * 4  # M = N_in + sum D_i
+    x = inputs(64, seed=1) * 3
+    np.testing.assert_allclose(resnest.predict(x, verbose=0), densenest.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    maps = nestzoo.linear_maps(resnest)
+    np.testing.assert_array_equal(np.concatenate([maps[f"W{i}"] for i in range(4)], axis=1), np.eye(17))  # Pi_i
+    assert nestzoo.bottleneck_condition(resnest)[2] and nestzoo.assumption4(resnest)
+    with pytest.raises(ValueError, match="not a vector-valued DenseNEst"):
+        nestzoo.densenest_to_resnest(resnest)
+
+
+def test_include_top_false_and_taps():
+    assert nestzoo.ResNEst(include_top=False, **RES).output_shape == (None, 16)  # x_L
+    assert nestzoo.DenseNEst(include_top=False, **DENSE).output_shape == (None, 17)
+    assert nestzoo.AResNEst(include_top=False, **RES).output_shape == (None, 5 + 3 * 4)  # v_0..v_L
+    taps = nestzoo.basis_layers(nestzoo.AResNEst(**RES))
+    assert taps["v3"] == "block3_features" and "x3" not in taps and taps["x0"] == "expansion"
+
+
+BAD_INPUTS = [
+    (nestzoo.ResNEst, dict(RES, width=0), "width M must be a positive integer"),
+    (nestzoo.ResNEst, dict(RES, depth=-1), "depth L must be a positive integer"),
+    (nestzoo.ResNEst, dict(RES, bottleneck=0), "bottleneck K must be a positive integer"),
+    (nestzoo.ResNEst, dict(RES, bottleneck=2.5), "bottleneck K must be a positive integer"),
+    (nestzoo.ResNEst, dict(RES, width=None), "width M must be a positive integer, got None"),
+    (nestzoo.AResNEst, dict(RES, hidden=(4, 0)), "hidden must be a non-empty list of positive integers"),
+    (nestzoo.DenseNEst, dict(DENSE, growth=0), "growth D must be a positive integer"),
+    (nestzoo.DenseNEst, dict(DENSE, depth=0), "depth L must be a positive integer"),
+    (nestzoo.DenseNEst, dict(DENSE, bottleneck=3), "takes depth, growth, hidden; got bottleneck"),
+    (nestzoo.ResNEst, dict(RES, widths=(4,)), "takes width, depth, bottleneck, hidden; got widths"),
+    (nestzoo.ResNEst, dict(RES, input_shape=(8, 8, 3)), r"vector-valued network: give input_shape=\(N_in,\)"),
+    (nestzoo.ResNEst, dict(arch="resnet20", input_shape=(10,)), "image network.*use arch='mlp'"),
+    (nestzoo.ResNEst, dict(RES, input_shape=(5, 0)), "input_shape must be"),
+    (nestzoo.ResNEst, dict(RES, outputs=0), "outputs must be a positive integer"),
+    (nestzoo.ResNEst, dict(RES, outputs=1, classes=2), "classes .* or outputs .*, not both"),
+]
+
+
+@pytest.mark.parametrize("build,kwargs,message", BAD_INPUTS)
+def test_bad_input_is_rejected_before_keras(no_keras, build, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build(**kwargs)
