@@ -10,6 +10,7 @@ import pytest
 
 import nestzoo
 from nestzoo import layers as nz_layers
+from nestzoo import specs
 
 TINY = dict(depths=(1, 1, 1), widths=(4, 8, 8), input_shape=(8, 8, 3))
 
@@ -36,9 +37,11 @@ def test_parameter_counts_equal_reference(arch):
 def test_usage_line_and_spellings():
     model = nestzoo.AResNEst(arch="wrn40-4", classes=100)
     assert model.output_shape == (None, 100)
-    for typed in ("WRN-40-4", "wrn_40_4", "wrn40-4"):
-        assert nestzoo.ResNet(arch=typed).count_params() == nestzoo.ResNet(arch="wrn40-4").count_params()
-    assert trainable(nestzoo.ResNet(arch="ResNet-110")) == trainable(nestzoo.ResNet(arch="resnet-110"))
+    for typed in ("WRN-40-4", "wrn_40_4", "Wrn 40-4"):
+        assert specs.get_spec(typed) is nestzoo.ARCHS["wrn40-4"]
+    for typed in ("ResNet-110", "resnet-110", "RESNET110"):
+        assert specs.get_spec(typed) is nestzoo.ARCHS["resnet110"]
+    assert nestzoo.ResNEst(arch="ResNet-20").name == "resnet20_resnest"
 
 
 def test_registry_lists_and_builds_every_arch_variant():

@@ -1,0 +1,44 @@
+"""Several runs at once: models x seeds, summarized as the paper's Tables 1 and 2."""
+from pathlib import Path
+
+import keras
+
+from nestzoo.training import report
+from nestzoo.training.run import loss_for, train
+
+
+def train_seeds(models, data="digits", seeds=range(7), *, output_dir, **kwargs):
+    """Train every model (registry names or builders) with every seed; write results.md and results.csv.
+
+    Runs go to ``output_dir/{name}/seed{seed}``, name being the registry name or the
+    builder's ``__name__``; `kwargs` are those of `train`.
+    The paper reports the mean test accuracy of seeds 0..6. Returns the summaries.
+    """
+    models = [models] if isinstance(models, str) or callable(models) else list(models)
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds is empty; give at least one seed (the paper used 0..6)")
+    if not models or not all(isinstance(m, str) or callable(m) and not isinstance(m, keras.Model) for m in models):
+        raise ValueError("models must be a non-empty list of registry names (see nestzoo.list_models()) or "
+                         f"functions returning a fresh keras.Model, got {models!r}")
+    summaries = [
+        train(model, data, seed=seed, output_dir=Path(output_dir, getattr(model, "__name__", model), f"seed{seed}"),
+              **kwargs)
+        for model in models
+        for seed in seeds
+    ]
+    report.write_results(summaries, output_dir)
+    return summaries
+
+
+def evaluate(model, data="digits", *, batch_size=128, verbose="auto"):
+    """Test loss and accuracy of a model (or a saved .keras file) on a data set's test split."""
+    from nestzoo import data as nestzoo_data
+
+    if not isinstance(model, keras.Model):
+        model = keras.models.load_model(model)
+    if not model.compiled:
+        model.compile(loss=loss_for(model), metrics=["accuracy"])
+    test = nestzoo_data.load(data, batch_size, augment=False).test if isinstance(data, str) else data
+    loss, accuracy = model.evaluate(test, verbose=verbose)
+    return {"loss": float(loss), "accuracy": float(accuracy)}

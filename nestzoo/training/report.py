@@ -1,0 +1,128 @@
+"""What a run leaves behind: the epoch log, the summary, the curves, and the
+multi-seed results table in the form of the paper's Tables 1 and 2."""
+import csv
+import statistics
+from pathlib import Path
+
+
+def write_csv(path, rows):
+    """Write dict rows (keys of the first row as header) under a temporary name, then rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def summarize(config, state, test_loss, test_accuracy):
+    """The run's summary: config, accuracies, time per epoch and training images/s.
+
+    The first epoch (tracing, compilation) is left out of the timings when there are others.
+    """
+    history = state["history"]
+    steady = history[1:] or history
+    return {
+        "config": config,
+        "seed": config["seed"],
+        "parameters": config["parameters"],
+        "epochs": state["epoch"],
+        "test_accuracy": float(test_accuracy),
+        "test_loss": float(test_loss),
+        "final_val_accuracy": history[-1].get("val_accuracy"),
+        "best_val_accuracy": state["best"]["val_accuracy"],
+        "best_epoch": state["best"]["epoch"],
+        "seconds_per_epoch": sum(row["seconds"] for row in steady) / len(steady),
+        "images_per_second": sum(row["images_per_second"] for row in steady) / len(steady),
+    }
+
+
+def plot_curves(history, path):
+    """A PNG with the training and validation loss and accuracy per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            if prefix + metric in history[0]:
+                ax.plot(epochs, [row[prefix + metric] for row in history], label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _arch_variant(model_name):
+    """("resnet20", "a-resnest") of a registry name or of a model name "resnet20_a-resnest"."""
+    for separator in ".", "_":
+        arch, sep, variant = model_name.rpartition(separator)
+        if sep:
+            return arch, variant
+    return model_name, ""
+
+
+def _millions(parameters):
+    """Parameter counts as the paper prints them: 11M, 8.7M, 0.27M."""
+    return f"{parameters / 1e6:.2g}M"
+
+
+def results_rows(summaries):
+    """One row per (data, arch, variant): test accuracy mean and sample std over seeds, in %."""
+    groups = {}
+    for s in summaries:
+        key = (s["config"]["data"], *_arch_variant(s["config"]["model"]))
+        groups.setdefault(key, []).append(s)
+    rows = []
+    for (data, arch, variant), runs in groups.items():
+        accuracies = [100 * r["test_accuracy"] for r in runs]
+        rows.append({
+            "data": data,
+            "arch": arch,
+            "variant": variant,
+            "seeds": " ".join(str(r["seed"]) for r in runs),
+            "runs": len(runs),
+            "accuracy_mean": statistics.fmean(accuracies),
+            "accuracy_std": statistics.stdev(accuracies) if len(runs) > 1 else 0.0,
+            "parameters": runs[0]["parameters"],
+        })
+    return rows
+
+
+def results_markdown(rows):
+    """Tables 1 and 2 of the paper: an arch per row, a variant per column, per data set."""
+    lines = []
+    for data in dict.fromkeys(r["data"] for r in rows):
+        table = [r for r in rows if r["data"] == data]
+        variants = list(dict.fromkeys(r["variant"] for r in table))
+        runs = sorted({r["runs"] for r in table})
+        lines += [
+            f"Test accuracy (%) on {data}: mean ± sample std over {'/'.join(map(str, runs))} seeds "
+            "(parameters)",
+            "",
+            "| arch | " + " | ".join(variants) + " |",
+            "|---" * (len(variants) + 1) + "|",
+        ]
+        for arch in dict.fromkeys(r["arch"] for r in table):
+            cells = {r["variant"]: f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f} ({_millions(r['parameters'])})"
+                     for r in table if r["arch"] == arch}
+            lines.append(f"| {arch} | " + " | ".join(cells.get(v, "") for v in variants) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(summaries, directory):
+    """Write results.md and results.csv for the summaries of finished runs; returns the markdown."""
+    rows = results_rows(summaries)
+    markdown = results_markdown(rows)
+    Path(directory, "results.md").write_text(markdown)
+    write_csv(Path(directory, "results.csv"), rows)
+    return markdown
+

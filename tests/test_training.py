@@ -1,0 +1,220 @@
+"""The trainer: recipe, coupled decay, schedule, precision, run directory, divergence, tables."""
+import csv
+import json
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import nestzoo
+from nestzoo import training
+
+TINY = dict(depths=(1, 1, 1), widths=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
+
+
+def tiny_data(n=64, batch=16, seed=0):
+    """(train, test) batched tf.data of 8x8x1 images whose class is readable from the pixels."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.normal(size=(n, 8, 8, 1)).astype("float32") * 0.1
+    x[np.arange(n), y % 8, y // 8 * 4, 0] += 3.0
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    return ds, ds
+
+
+def tiny_resnet(**options):
+    return nestzoo.ResNet(**TINY, **options)
+
+
+def tiny_a_resnest():
+    return nestzoo.AResNEst(**TINY)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A two-epoch run of a tiny ResNet; returns (run directory, summary)."""
+    run_dir = tmp_path_factory.mktemp("run") / "tiny"
+    summary = training.train(nestzoo.ResNet(**TINY), tiny_data(), output_dir=run_dir, epochs=2, verbose=0)
+    return run_dir, summary
+
+
+def test_paper_recipe_values():
+    r = training.get_recipe("paper")
+    assert (r.batch_size, r.epochs, r.momentum, r.nesterov, r.weight_decay) == (128, 200, 0.9, True, 5e-4)
+    assert (r.milestones, r.gamma) == ((60, 120, 160), 0.2)
+    assert r.initial_learning_rate(resnest=False) == 0.1
+    assert r.initial_learning_rate(resnest=True) == 0.01  # ResNEsts diverge at 0.1 and 0.05
+    assert training.get_recipe("paper", learning_rate=0.05).initial_learning_rate(resnest=True) == 0.05
+    assert training.get_recipe("paper", epochs=3, milestones=[1, 2]).milestones == (1, 2)
+
+
+def test_resnest_learning_rate_is_chosen_by_name():
+    assert training.run.is_resnest("resnet20.resnest") and training.run.is_resnest("custom_resnest")
+    assert not any(training.run.is_resnest(n) for n in ("resnet20.bn-resnest", "resnet20_a-resnest", "wrn16-8.standard"))
+
+
+def test_coupled_sgd_matches_torch_update():
+    """Two steps of torch.optim.SGD(nesterov, weight_decay) computed by hand."""
+    lr, mu, wd = 0.1, 0.9, 5e-4
+    w0 = np.array([[1.0, -2.0], [0.5, 3.0]], dtype="float32")
+    grads = [np.array([[0.3, -0.1], [0.2, 0.4]], "float32"), np.array([[-0.5, 0.2], [0.1, 0.0]], "float32")]
+    var = keras.Variable(w0)
+    opt = training.CoupledSGD(lr, momentum=mu, nesterov=True, coupled_weight_decay=wd)
+    w, buf, steps = w0.astype("float64"), np.zeros_like(w0, "float64"), []
+    for g in grads:
+        opt.apply_gradients([(tf.constant(g), var)])
+        d = g + wd * w  # coupled: the decay joins the gradient before the momentum
+        buf = mu * buf + d
+        w = w - lr * (d + mu * buf)
+        steps.append(w)
+        np.testing.assert_allclose(var.numpy(), w, rtol=1e-6)
+    # Keras's own weight_decay is decoupled: its first step differs by lr * mu * wd * w
+    decoupled = keras.Variable(w0)
+    keras.optimizers.SGD(lr, momentum=mu, nesterov=True, weight_decay=wd).apply_gradients([(tf.constant(grads[0]), decoupled)])
+    np.testing.assert_allclose(decoupled.numpy() - steps[0], lr * mu * wd * w0, rtol=1e-2)
+
+
+def test_schedule_multiplies_after_milestones():
+    schedule = training.get_recipe("paper").schedule(resnest=False, steps_per_epoch=10)
+    lr = {step: float(schedule(step)) for step in (0, 599, 600, 1199, 1200, 1599, 1600, 1999)}
+    np.testing.assert_allclose(
+        [lr[s] for s in sorted(lr)], [0.1, 0.1, 0.02, 0.02, 0.004, 0.004, 0.0008, 0.0008], rtol=1e-6
+    )
+    restored = training.MultiStepSchedule.from_config(schedule.get_config())
+    assert float(restored(1200)) == pytest.approx(0.004)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(recipe="fast"), "unknown recipe 'fast'; valid choices: paper, quick"),
+        (dict(precision="float16"), "unknown precision 'float16'; valid choices: auto, float32"),
+        (dict(epochs=0), "epochs must be an integer >= 1"),
+        (dict(batch_size=0), "batch_size must be an integer >= 1"),
+        (dict(milestones=(60, 60, 160)), "milestones must be strictly increasing"),
+        (dict(milestones=(120, 60)), "milestones must be strictly increasing"),
+        (dict(learning_rate=-0.1), "learning_rate must be > 0"),
+        (dict(typo=1), "unknown recipe fields ['typo']"),
+    ],
+)
+def test_bad_training_options_are_refused(tmp_path, kwargs, message):
+    with pytest.raises(ValueError) as error:
+        training.train("resnet20.standard", "digits", output_dir=tmp_path, **kwargs)
+    assert message in str(error.value)
+
+
+def test_empty_seed_list_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="seeds is empty"):
+        training.train_seeds("resnet20.standard", "digits", seeds=[], output_dir=tmp_path)
+
+
+def test_precision_policies():
+    assert training.resolve_precision("auto") == "float32"  # no GPU here
+    assert training.resolve_jit_compile(None) is False and training.resolve_jit_compile(True) is True
+    assert training.PRECISIONS == ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def test_mixed_float16_run_has_loss_scaling_and_float32_outputs(tmp_path):
+    train, test = tiny_data(n=32)
+    summary = training.train(tiny_resnet, (train, test), output_dir=tmp_path, precision="mixed_float16",
+                             model_options={"classifier_activation": None}, epochs=1, verbose=0)
+    assert summary["config"]["precision"] == "mixed_float16"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after building
+    model = keras.models.load_model(tmp_path / "model.keras")
+    assert model.get_layer("block1_conv1").compute_dtype == "float16"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(model.optimizer.inner_optimizer, training.CoupledSGD)
+    assert model.get_layer("predictions").activation is keras.activations.linear  # trained on logits
+    assert model.predict(next(iter(test))[0], verbose=0).dtype == np.float32
+
+
+def test_model_built_under_another_policy_is_refused(tmp_path, policy):
+    policy("mixed_bfloat16")
+    model = nestzoo.ResNet(**TINY)
+    with pytest.raises(ValueError, match="built under the mixed_bfloat16 policy, not mixed_float16"):
+        training.train(model, tiny_data(), output_dir=tmp_path, precision="mixed_float16")
+
+
+def test_run_directory_contents(finished_run):
+    run_dir, summary = finished_run
+    expected = {"config.json", "log.csv", "tensorboard", "best.weights.h5", "model.keras", "summary.json", "curves.png"}
+    assert {p.name for p in run_dir.iterdir()} == expected  # the checkpoint is gone once finished
+    rows = list(csv.DictReader(open(run_dir / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_second"} <= set(rows[0])
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert summary["config"]["recipe"]["weight_decay"] == 5e-4 and summary["config"]["initial_learning_rate"] == 0.1
+    assert summary["parameters"] == sum(np.prod(w.shape) for w in nestzoo.ResNet(**TINY).trainable_weights)
+    assert summary["best_val_accuracy"] == max(float(r["val_accuracy"]) for r in rows)
+    assert summary["images_per_second"] > 0 and summary["seconds_per_epoch"] > 0
+    assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    model = keras.models.load_model(run_dir / "model.keras")
+    assert isinstance(model.optimizer, training.CoupledSGD) and int(model.optimizer.iterations) == 2 * 4
+    assert model.evaluate(tiny_data()[1], verbose=0)[1] == pytest.approx(summary["test_accuracy"])
+    best = nestzoo.ResNet(**TINY)
+    best.load_weights(run_dir / "best.weights.h5")
+
+
+def test_directory_of_another_run_is_refused_unless_resuming(finished_run, tmp_path):
+    run_dir, summary = finished_run
+    with pytest.raises(ValueError, match="holds another run's files; pass resume=True"):
+        training.train(nestzoo.ResNet(**TINY), tiny_data(), output_dir=run_dir, epochs=2)
+    assert training.train(nestzoo.ResNet(**TINY), tiny_data(), output_dir=run_dir, epochs=2, resume=True) == summary
+    with pytest.raises(ValueError, match=r"holds a run with other recipe, seed"):
+        training.train(nestzoo.ResNet(**TINY), tiny_data(), output_dir=run_dir, epochs=3, seed=1, resume=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a nestzoo run"):
+        training.train(nestzoo.ResNet(**TINY), tiny_data(), output_dir=tmp_path, resume=True)
+
+
+def test_divergence_stops_at_once_and_keeps_last_good_checkpoint(tmp_path):
+    model = nestzoo.ResNEst(**TINY)  # named custom_resnest
+    with pytest.raises(training.TrainingDiverged) as error:
+        # fine for two epochs, then the learning rate explodes
+        training.train(model, tiny_data(), output_dir=tmp_path, epochs=4, learning_rate=0.05, milestones=(2,),
+                       gamma=1e30, verbose=0)
+    message = str(error.value)
+    assert re.search(r"became nan at epoch 3, batch [12] ", message)  # one step at 5e28 suffices
+    assert "custom_resnest is a ResNEst" in message and "trained them at 0.01" in message
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 2 and (tmp_path / "checkpoint" / state["last"]["file"]).exists()
+    assert len(list(csv.DictReader(open(tmp_path / "log.csv")))) == 2
+    assert not (tmp_path / "summary.json").exists()
+    model.load_weights(tmp_path / "best.weights.h5")
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_results_table_has_mean_std_and_parameters():
+    def summary(model, seed, accuracy, parameters=272_282):
+        return {"config": {"model": model, "data": "cifar10"}, "seed": seed, "test_accuracy": accuracy,
+                "parameters": parameters}
+
+    summaries = [summary("resnet20.standard", 0, 0.92), summary("resnet20.standard", 1, 0.93),
+                 summary("resnet20.a-resnest", 0, 0.91, 238_130), summary("resnet20.a-resnest", 1, 0.94, 238_130),
+                 summary("wrn16-8.standard", 0, 0.955, 11_091_594), summary("wrn16-8.standard", 1, 0.957, 11_091_594)]
+    rows = training.results_rows(summaries)
+    first = rows[0]
+    assert (first["arch"], first["variant"], first["runs"], first["seeds"]) == ("resnet20", "standard", 2, "0 1")
+    assert first["accuracy_mean"] == pytest.approx(92.5) and first["accuracy_std"] == pytest.approx(np.std([92, 93], ddof=1))
+    table = training.results_markdown(rows).splitlines()
+    assert table[0].startswith("Test accuracy (%) on cifar10: mean ± sample std over 2 seeds")
+    assert table[2] == "| arch | standard | a-resnest |"
+    assert table[4] == "| resnet20 | 92.50 ± 0.71 (0.27M) | 92.50 ± 2.12 (0.24M) |"
+    assert table[5] == "| wrn16-8 | 95.60 ± 0.14 (11M) |  |"
+
+
+def test_train_seeds_writes_table(tmp_path):
+    summaries = training.train_seeds(tiny_a_resnest, tiny_data(n=32), seeds=[0, 1], output_dir=tmp_path,
+                                     epochs=1, verbose=0)
+    assert [s["seed"] for s in summaries] == [0, 1]
+    assert summaries[0]["best_val_accuracy"] != summaries[1]["best_val_accuracy"] or (
+        summaries[0]["test_loss"] != summaries[1]["test_loss"])  # seeds give other initializations
+    assert (tmp_path / "tiny_a_resnest" / "seed1" / "model.keras").exists()
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert [(r["arch"], r["variant"], r["runs"], r["seeds"]) for r in rows] == [("custom", "a-resnest", "2", "0 1")]
+    accuracies = [100 * s["test_accuracy"] for s in summaries]
+    cell = f"| custom | {np.mean(accuracies):.2f} ± {np.std(accuracies, ddof=1):.2f} (0."
+    assert cell in (tmp_path / "results.md").read_text()
