@@ -16,7 +16,6 @@ import time
 import numpy as np
 
 import nestzoo  # sets nestzoo's TensorFlow defaults before TensorFlow is imported
-from nestzoo import specs
 
 
 def keras_images_per_second(args):
@@ -41,46 +40,6 @@ def keras_images_per_second(args):
     return label, args.batch_size * args.steps / (steady[-1] - steady[0])
 
 
-def torch_images_per_second(args):
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    class Block(nn.Module):
-        """The pre-activation basic block of nestzoo (and of the paper's reference)."""
-
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.bn1, self.bn2 = nn.BatchNorm2d(cin), nn.BatchNorm2d(cout)
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
-
-        def forward(self, x):
-            y = F.relu(self.bn1(x))
-            shortcut = x if self.shortcut is None else self.shortcut(y)
-            return self.conv2(F.relu(self.bn2(self.conv1(y)))) + shortcut
-
-    spec = specs.get_spec(args.arch)
-    layers, width_in = [nn.Conv2d(3, spec.widths[0], 3, 1, 1, bias=False)], spec.widths[0]
-    for _, _, width, _, stride in spec.stage_blocks():
-        layers.append(Block(width_in, width, stride))
-        width_in = width
-    net = nn.Sequential(*layers, nn.BatchNorm2d(width_in), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(width_in, 10))
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    x, y = torch.rand(args.batch_size, 3, 32, 32), torch.randint(0, 10, (args.batch_size,))
-    stamps = []
-    for _ in range(args.warmup + args.steps):
-        optimizer.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        optimizer.step()
-        stamps.append(time.perf_counter())
-    steady = stamps[args.warmup - 1:]
-    return f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)", \
-        args.batch_size * args.steps / (steady[-1] - steady[0])
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="resnet20", help="a registered arch")
@@ -96,10 +55,11 @@ def main():
     if args.no_torch:
         return
     try:
-        torch_label, torch_rate = torch_images_per_second(args)
+        import torch_reference
     except ImportError:
         print("PyTorch is not installed; pip install torch to compare")
         return
+    torch_label, torch_rate = torch_reference.images_per_second(args.arch, args.batch_size, args.steps, args.warmup)
     print(f"{torch_label}: {torch_rate:.1f} images/s")
     print(f"ratio nestzoo / PyTorch: {keras_rate / torch_rate:.2f}")
 
