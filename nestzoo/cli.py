@@ -1,4 +1,4 @@
-"""The ``nestzoo`` command: list, summarize, train and evaluate models."""
+"""The ``nestzoo`` command: list, summarize, train, evaluate and export models."""
 import argparse
 import sys
 import time
@@ -59,6 +59,13 @@ def _evaluate(args):
     print(f"{args.model} on {args.dataset} (test): loss {result['loss']:.4f}, accuracy {100 * result['accuracy']:.2f}%")
 
 
+def _export(args):
+    from nestzoo.export import export_saved_model
+
+    directory = export_saved_model(args.model, args.output, dataset=args.dataset, overwrite=args.overwrite)
+    print(f"SavedModel written to {directory} (endpoint serve, signature serving_default)")
+
+
 def _add_train(sub):
     train = sub.add_parser(
         "train", help="train models with the paper's recipe (appendix B.3), one run per model and seed",
@@ -115,6 +122,13 @@ def parser():
     evaluate.add_argument("--batch-size", type=int, default=128, help="evaluation batch size")
     evaluate.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Keras progress")
     evaluate.set_defaults(run=_evaluate)
+    export = sub.add_parser("export", help="write a saved .keras model as a SavedModel for TensorFlow Serving")
+    export.add_argument("model", help="a .keras file, e.g. runs/<date-time>/resnet20.a-resnest/seed0/model.keras")
+    export.add_argument("output", help="the SavedModel directory, e.g. saved_models/resnet20_a-resnest/1")
+    export.add_argument("--dataset", choices=sorted(DATASETS),
+                        help="build in this data set's standardization, so the endpoint takes uint8 images")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    export.set_defaults(run=_export)
     return p
 
 

@@ -60,5 +60,11 @@ def test_train_then_evaluate(capsys, tmp_path):
     code, out = run(capsys, "evaluate", str(run_dir / "model.keras"), "--verbose", "0")
     assert code == 0 and f"accuracy {100 * summary['test_accuracy']:.2f}%" in out
 
+    served = tmp_path / "saved_models" / "resnet20_resnest" / "1"
+    code, out = run(capsys, "export", str(run_dir / "model.keras"), str(served), "--dataset", "digits")
+    assert code == 0 and (served / "saved_model.pb").is_file(), out
+    code, out = run(capsys, "export", str(run_dir / "model.keras"), str(served))
+    assert code == 2 and "is not empty" in out
+
     code, out = run(capsys, "train", "--variant", "resnest", "--output", str(output), "--verbose", "0")
     assert code == 2 and "holds another run's files; pass resume=True (--resume)" in out
