@@ -3,8 +3,8 @@ import argparse
 import sys
 import time
 
-from nestzoo import registry, training
-from nestzoo.data import DATASETS
+from nestzoo import models, registry, specs, training
+from nestzoo.data import DATASETS, DatasetNotFoundError
 
 
 def _models(args):
@@ -18,7 +18,11 @@ def _summary(args):
 
 
 def _model_names(archs, variants):
-    names = [f"{arch}.{variant}" for arch in archs for variant in variants]
+    """Registry names of archs x variants, accepting the spellings the builders accept."""
+    names = []
+    for arch in archs:
+        family = specs.get_spec(arch).family
+        names += [f"{specs.canonical(arch)}.{models.canonical_variant(v, family)}" for v in variants]
     unknown = [n for n in names if n not in registry.list_models()]
     if unknown:
         raise ValueError(f"unknown models {', '.join(unknown)}; see `nestzoo models`")
@@ -31,6 +35,11 @@ def _print_runs(summaries, output):
         print(f"{s['config']['model']:<28} {s['seed']:>4} {s['parameters']:>10,} {100 * s['test_accuracy']:>8.2f}% "
               f"{100 * s['best_val_accuracy']:>8.2f}% {s['seconds_per_epoch']:>8.2f} {s['images_per_second']:>9.0f}")
     print(f"\nruns in {output}/ (model.keras, best.weights.h5, log.csv, summary.json, curves.png, tensorboard/)")
+
+
+def _fraction_or_count(text):
+    """--validation: a fraction of the training set (0.1) or a count of examples (5000)."""
+    return int(text) if text.isdigit() else float(text)
 
 
 def _train(args):
@@ -79,7 +88,8 @@ def _add_train(sub):
     train.add_argument("--variant", nargs="+", default=["a-resnest"],
                        help="variants: standard, resnest, bn-resnest, a-resnest, ...")
     train.add_argument("--dataset", choices=sorted(DATASETS), default="digits", help="data set (digits needs no download)")
-    train.add_argument("--validation", type=float, help="fraction of the training set held out to pick the best "
+    train.add_argument("--validation", type=_fraction_or_count,
+                       help="fraction (0.1) or count (5000) of the training set held out to pick the best "
                        "weights (default: the test set, as the paper)")
     train.add_argument("--recipe", choices=list(training.RECIPES), default="paper", help="paper: appendix B.3; quick: 30 epochs")
     train.add_argument("--epochs", type=int, help="override the recipe's epochs")
@@ -137,7 +147,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         args.run(args)
-    except ValueError as error:
+    except (ValueError, DatasetNotFoundError) as error:
         p.exit(2, f"nestzoo {args.command}: error: {error}\n")
     except training.TrainingDiverged as error:
         p.exit(1, f"nestzoo {args.command}: {error}\n")

@@ -68,3 +68,28 @@ def test_train_then_evaluate(capsys, tmp_path):
 
     code, out = run(capsys, "train", "--variant", "resnest", "--output", str(output), "--verbose", "0")
     assert code == 2 and "holds another run's files; pass resume=True (--resume)" in out
+
+
+def test_train_accepts_typed_spellings_and_validation_counts(capsys, monkeypatch):
+    seen = {}
+
+    def fake_train_seeds(models, data, seeds, **kwargs):
+        seen.update(models=models, validation=kwargs["validation"])
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(cli.training, "train_seeds", fake_train_seeds)
+    run(capsys, "train", "--arch", "WRN-16-8", "--variant", "AResNEst", "BN_ResNEst", "--validation", "5000")
+    assert seen == {"models": ["wrn16-8.a-resnest", "wrn16-8.bn-resnest"], "validation": 5000}
+    run(capsys, "train", "--validation", "0.1")
+    assert seen["validation"] == 0.1
+    code, out = run(capsys, "train", "--arch", "resnet21")
+    assert code == 2 and "unknown arch 'resnet21'; valid choices: resnet20" in out
+
+
+def test_missing_data_is_one_clear_error(capsys, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise cli.DatasetNotFoundError("cifar10 is not in ~/tensorflow_datasets; local layouts accepted: ...")
+
+    monkeypatch.setattr(cli.training, "train_seeds", no_data)
+    code, out = run(capsys, "train", "--dataset", "cifar10")
+    assert code == 2 and out.startswith("nestzoo train: error: cifar10 is not in ~/tensorflow_datasets")

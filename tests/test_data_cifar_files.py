@@ -79,6 +79,15 @@ def test_folder_parent_and_archive_read_back(tmp_path, key):
     assert_read_back(only_archive, name, splits)  # a folder holding just the archive
 
 
+def test_an_archive_of_another_layout_does_not_end_the_search(tmp_path):
+    """A pickle-layout archive holding something else is passed over for the binary folder."""
+    folder, splits = write_layout(tmp_path, "cifar10-bin")
+    stray = tmp_path / "stray" / "notes"
+    stray.mkdir(parents=True)
+    archive(stray, tmp_path / LAYOUTS["cifar10-py"][2])
+    assert_read_back(tmp_path, "cifar10", splits)
+
+
 @pytest.mark.parametrize("key", ["cifar10-py", "cifar100-bin"])
 def test_load_from_a_local_path(tmp_path, key):
     name = LAYOUTS[key][0]

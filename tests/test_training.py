@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import nestzoo
 from nestzoo import training
+from nestzoo.training import run, runtime
 
 TINY = dict(depths=(1, 1, 1), widths=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
 
@@ -111,8 +112,9 @@ def test_empty_seed_list_is_refused(tmp_path):
 
 
 def test_precision_policies():
-    assert training.resolve_precision("auto") == "float32"  # no GPU here
-    assert training.resolve_jit_compile(None) is False and training.resolve_jit_compile(True) is True
+    gpu = runtime.has_gpu()
+    assert training.resolve_precision("auto") == ("mixed_float16" if gpu else "float32")
+    assert training.resolve_jit_compile(None) is gpu and training.resolve_jit_compile(False) is False
     assert training.PRECISIONS == ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -156,6 +158,8 @@ def test_run_directory_contents(finished_run):
     assert model.evaluate(tiny_data()[1], verbose=0)[1] == pytest.approx(summary["test_accuracy"])
     best = nestzoo.ResNet(**TINY)
     best.load_weights(run_dir / "best.weights.h5")
+    best.compile(loss=run.loss_for(best), metrics=["accuracy"])
+    assert best.evaluate(tiny_data()[1], verbose=0)[1] == pytest.approx(summary["best_val_accuracy"])
 
 
 def test_directory_of_another_run_is_refused_unless_resuming(finished_run, tmp_path):
@@ -218,3 +222,15 @@ def test_train_seeds_writes_table(tmp_path):
     accuracies = [100 * s["test_accuracy"] for s in summaries]
     cell = f"| custom | {np.mean(accuracies):.2f} ± {np.std(accuracies, ddof=1):.2f} (0."
     assert cell in (tmp_path / "results.md").read_text()
+
+
+def test_evaluate_takes_a_name_a_datasets_object_or_tf_data(tmp_path):
+    from nestzoo import data
+
+    model = tiny_resnet()
+    path = tmp_path / "model.keras"
+    model.save(path)
+    digits = data.load("digits", 64, augment=False)
+    by_name = training.evaluate(str(path), "digits", verbose=0)
+    assert training.evaluate(model, digits, verbose=0) == pytest.approx(by_name)
+    assert training.evaluate(model, digits.test, verbose=0) == pytest.approx(by_name)

@@ -177,8 +177,9 @@ def _locate(path: Path, spec):
         for folder in (path, path / layout.directory):
             if (folder / layout.train_files[0]).is_file():
                 return layout, _folder_reader(folder)
-        if (path / layout.archive).is_file():
-            return _archive_reader(path / layout.archive, (layout,))
+        found = (path / layout.archive).is_file() and _archive_reader(path / layout.archive, (layout,))
+        if found:
+            return found
     return None
 
 

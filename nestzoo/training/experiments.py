@@ -32,13 +32,18 @@ def train_seeds(models, data="digits", seeds=range(7), *, output_dir, **kwargs):
 
 
 def evaluate(model, data="digits", *, batch_size=128, verbose="auto"):
-    """Test loss and accuracy of a model (or a saved .keras file) on a data set's test split."""
+    """Test loss and accuracy of a model (or a saved .keras file) on a data set's test split.
+
+    data: a data set name, a `nestzoo.data.Datasets` (its test split) or a batched tf.data set.
+    """
     from nestzoo import data as nestzoo_data
 
     if not isinstance(model, keras.Model):
         model = keras.models.load_model(model)
     if not model.compiled:
         model.compile(loss=loss_for(model), metrics=["accuracy"])
-    test = nestzoo_data.load(data, batch_size, augment=False).test if isinstance(data, str) else data
+    if isinstance(data, str):
+        data = nestzoo_data.load(data, batch_size, augment=False)
+    test = data.test if isinstance(data, nestzoo_data.Datasets) else data
     loss, accuracy = model.evaluate(test, verbose=verbose)
     return {"loss": float(loss), "accuracy": float(accuracy)}
