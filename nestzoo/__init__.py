@@ -1,10 +1,20 @@
 """nestzoo: ResNEsts, BN-ResNEsts, A-ResNEsts and DenseNEsts for Keras 3.
 
 Models of "ResNEsts and DenseNEsts: Block-based DNN Models with Improved
-Representation Guarantees" (NeurIPS 2021), with the pre-activation ResNet as
-baseline. The builders use keras.layers only and run under every Keras backend;
-the TensorFlow-only parts (data pipelines, training) live in their own modules.
+Representation Guarantees" (Chen, Lee, Garudadri and Rao, NeurIPS 2021), with the
+pre-activation ResNet as baseline. The builders use keras.layers only and run under
+every Keras backend; the TensorFlow-only parts (data pipelines, training, export)
+live in their own modules.
+
+Where each box of the paper's figures lives: ``specs`` (what a backbone is),
+``registry`` (named architectures, variants and their heads), ``blocks`` (eq. 1's
+G_i and W_i, eq. 8's Q_i), ``backbones`` (W_0 and the blocks), ``heads`` (eqs. 2, 4
+and 9), ``builders`` (the public builders), ``basis`` (the taps v_i, x_i).
+
+The package's attributes are imported on first use (PEP 562), so ``import nestzoo``
+and the ``nestzoo`` command start without loading Keras and TensorFlow.
 """
+import importlib
 import os
 
 # Before Keras imports TensorFlow: oneDNN kernels, which TensorFlow leaves off on some
@@ -12,48 +22,29 @@ import os
 # An explicit TF_ENABLE_ONEDNN_OPTS=0 is respected.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from nestzoo.basis import basis_layers, basis_model
-from nestzoo.linalg import (
-    assumption4,
-    block_weights,
-    bottleneck_condition,
-    densenest_to_resnest,
-    linear_maps,
-    set_block_weights,
-    set_linear_maps,
-)
-from nestzoo.models import AResNEst, BNResNEst, DenseNEst, DenseNet, ResNEst, ResNet
-from nestzoo.recipe import RECIPES, CoupledSGD, MultiStepSchedule, Recipe, get_recipe
-from nestzoo.registry import create_model, list_models
-from nestzoo.specs import ARCHS, DenseNetSpec, ResNetSpec, VectorDenseNetSpec, VectorResNetSpec
+__version__ = "0.2.0"
 
-__version__ = "0.1.0"
-__all__ = [
-    "ARCHS",
-    "AResNEst",
-    "CoupledSGD",
-    "BNResNEst",
-    "DenseNEst",
-    "DenseNet",
-    "DenseNetSpec",
-    "MultiStepSchedule",
-    "RECIPES",
-    "Recipe",
-    "ResNEst",
-    "ResNet",
-    "ResNetSpec",
-    "VectorDenseNetSpec",
-    "VectorResNetSpec",
-    "assumption4",
-    "basis_layers",
-    "basis_model",
-    "block_weights",
-    "bottleneck_condition",
-    "create_model",
-    "densenest_to_resnest",
-    "get_recipe",
-    "linear_maps",
-    "list_models",
-    "set_block_weights",
-    "set_linear_maps",
-]
+_ATTRIBUTES = {
+    "nestzoo.builders": ("AResNEst", "BNResNEst", "DenseNEst", "DenseNet", "ResNEst", "ResNet"),
+    "nestzoo.basis": ("basis_layers", "basis_model"),
+    "nestzoo.heads": ("variant_of",),
+    "nestzoo.linalg": ("assumption4", "block_weights", "bottleneck_condition", "densenest_to_resnest",
+                       "linear_maps", "set_block_weights", "set_linear_maps"),
+    "nestzoo.recipe": ("RECIPES", "CoupledSGD", "MultiStepSchedule", "Recipe", "get_recipe"),
+    "nestzoo.registry": ("ARCHS", "HEADS", "create_model", "list_models"),
+    "nestzoo.specs": ("DenseNetSpec", "ResNetSpec", "VectorDenseNetSpec", "VectorResNetSpec"),
+}
+_HOME = {name: module for module, names in _ATTRIBUTES.items() for name in names}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name):
+    if name not in _HOME:
+        raise AttributeError(f"module 'nestzoo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

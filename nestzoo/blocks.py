@@ -24,8 +24,8 @@ def basic_features(y, features, stride, name):
     return layers.ReLU(name=f"{name}_features")(v)
 
 
-def bottleneck_features(y, features, stride, name):
-    """G_i of a bottleneck block: conv1x1-BN-ReLU-conv3x3-BN-ReLU."""
+def pointwise_features(y, features, stride, name):
+    """G_i of a pointwise block (He et al.'s "bottleneck" block): conv1x1-BN-ReLU-conv3x3-BN-ReLU."""
     h = conv(y, features, 1, name=f"{name}_conv1")
     h = batch_norm(h, f"{name}_bn1")
     h = layers.ReLU(name=f"{name}_relu1")(h)
@@ -35,7 +35,7 @@ def bottleneck_features(y, features, stride, name):
 
 
 # block type -> (G_i, kernel size of W_i)
-BLOCKS = {"basic": (basic_features, 3), "bottleneck": (bottleneck_features, 1)}
+BLOCKS = {"basic": (basic_features, 3), "pointwise": (pointwise_features, 1)}
 
 
 def residual_block(x, width, features, stride, block, name, residual=True):
@@ -57,14 +57,14 @@ def residual_block(x, width, features, stride, block, name, residual=True):
     return layers.Add(name=f"{name}_x")([out, shortcut]), v
 
 
-def dense_features(x, growth, bottleneck, name):
-    """Q_i of a DenseNet layer: BN-ReLU-conv3x3(k), DenseNet-B first BN-ReLU-conv1x1(4k).
+def dense_features(x, growth, pointwise, name):
+    """Q_i of a DenseNet layer: BN-ReLU-conv3x3(k); with `pointwise` (DenseNet-B) BN-ReLU-conv1x1(4k) first.
 
     The 3x3 convolution, named ``{name}_features``, outputs the feature v_i (no ReLU
     after it: the next layers pre-activate the concatenation).
     """
     y = layers.ReLU(name=f"{name}_preact_relu")(batch_norm(x, f"{name}_preact_bn"))
-    if bottleneck:
+    if pointwise:
         y = conv(y, 4 * growth, 1, name=f"{name}_conv1")
         y = layers.ReLU(name=f"{name}_relu1")(batch_norm(y, f"{name}_bn1"))
     return conv(y, growth, 3, name=f"{name}_features")

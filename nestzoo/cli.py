@@ -3,7 +3,7 @@ import argparse
 import sys
 import time
 
-from nestzoo import models, registry, specs, training
+from nestzoo import registry, training
 from nestzoo.data import DATASETS, DatasetNotFoundError
 
 
@@ -21,8 +21,7 @@ def _model_names(archs, variants):
     """Registry names of archs x variants, accepting the spellings the builders accept."""
     names = []
     for arch in archs:
-        family = specs.get_spec(arch).family
-        names += [f"{specs.canonical(arch)}.{models.canonical_variant(v, family)}" for v in variants]
+        names += [".".join(registry.parse_name(f"{arch}.{v}")[1:]) for v in variants]
     return names
 
 

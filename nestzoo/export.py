@@ -12,8 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import nestzoo  # noqa: F401  (registers nestzoo's optimizer and schedule for .keras files)
-from nestzoo import data
+from nestzoo import data, recipe  # noqa: F401  (recipe registers nestzoo's optimizer and schedule for .keras files)
 
 
 def export_saved_model(model, directory, *, dataset=None, overwrite=False):

@@ -12,7 +12,7 @@ import re
 import keras
 import numpy as np
 
-from nestzoo import models
+from nestzoo.builders import build_model
 
 _FEATURES = re.compile(r"block(\d+)_features$")
 _array = keras.ops.convert_to_numpy
@@ -142,14 +142,14 @@ def densenest_to_resnest(model):
     if options["include_top"]:
         activation = model.get_layer("predictions").get_config()["activation"]
         options.update(classes=model.get_layer("logits").units, classifier_activation=activation)
-    resnest = models.build_model(
+    resnest = build_model(
         "resnet",
         "standard" if "final_bn" in names else "resnest",
         "mlp",
         input_shape=(n_in,),
         width=width,
-        depth=L,
-        bottleneck=dims[0],
+        blocks=L,
+        features=dims[0],
         hidden=tuple(a.shape[0] for a, _ in q[0][:-1]),
         name=f"{model.name}_as_resnest",
         **options,

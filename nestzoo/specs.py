@@ -1,32 +1,49 @@
-"""Architecture specs and the registry of named architectures.
+"""Architecture specs: what a backbone is, in the paper's terms (pure Python, no Keras).
 
-A spec says what the backbone is: how many residual blocks each stage has, the
-width M of each stage's residual space, the width K of each block's feature v_i,
-and the block type. Named architectures are registry entries (like timm's and
-Keras Applications' families); custom networks are specs built from arguments.
+The words mean one thing each, in every family (README, "Terms"):
+
+* ``blocks``: L, the number of blocks; for a network of stages, blocks per stage.
+* ``width``: M, the width of the residual space x_i (one per stage).
+* ``features``: K_i, the width of each block's feature v_i (a DenseNet's growth rate k,
+  the paper's D_i).
+* ``layers``: the total number of weighted layers (He et al.'s "ResNet-20" counting).
+* ``block``: the residual block's G_i, "basic" (3x3) or "pointwise" (1x1-3x3-1x1, He
+  et al.'s bottleneck block); ``pointwise`` in a DenseNet is DenseNet-B's 1x1 first.
+
+"Bottleneck" is kept for the paper's bottleneck condition (``nestzoo.theory``).
 """
 import dataclasses
 import math
-import re
 
-BLOCK_TYPES = ("basic", "bottleneck")
-# Weighted layers per block: basic 3x3-3x3, bottleneck 1x1-3x3-1x1 (pre-activation).
-LAYERS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
-
-
-def _positive_ints(name, values):
-    values = tuple(values)
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-        raise ValueError(f"{name} must be a non-empty list of positive integers, got {values!r}")
-    return values
+BLOCK_TYPES = ("basic", "pointwise")
+# Weighted layers per block: basic 3x3-3x3, pointwise 1x1-3x3-1x1 (pre-activation).
+LAYERS_PER_BLOCK = {"basic": 2, "pointwise": 3}
 
 
-def _blocks_per_stage(depth, per_stage, fixed, layout):
-    """n of a network of depth per_stage * n + fixed layers, or a ValueError naming the valid depths."""
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < per_stage + fixed or (depth - fixed) % per_stage:
+def positive_int(name, value):
+    """`value` if it is an integer >= 1, else a ValueError naming `name`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def positive_ints(name, values, stages=None):
+    """A tuple of positive integers; an int is one stage, or repeated over `stages`."""
+    if isinstance(values, int) and not isinstance(values, bool):
+        values = (values,) * (stages or 1)
+    if not isinstance(values, (tuple, list)) or not values:
+        raise ValueError(f"{name} must be a positive integer or a non-empty list of them, got {values!r}")
+    for value in values:
+        positive_int(name, value)
+    return tuple(values)
+
+
+def _blocks_per_stage(layers, per_stage, fixed, layout):
+    """n of a network of per_stage * n + fixed layers, or a ValueError naming the valid counts."""
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers < per_stage + fixed or (layers - fixed) % per_stage:
         valid = ", ".join(str(per_stage * n + fixed) for n in range(1, 6))
-        raise ValueError(f"{layout} has depth {per_stage}n+{fixed} ({valid}, ...); got depth={depth!r}")
-    return (depth - fixed) // per_stage
+        raise ValueError(f"{layout} has {per_stage}n+{fixed} layers ({valid}, ...); got layers={layers!r}")
+    return (layers - fixed) // per_stage
 
 
 class _Stages:
@@ -37,26 +54,25 @@ class _Stages:
     @property
     def num_blocks(self):
         """L, the number of blocks (residual blocks, or dense layers)."""
-        return sum(self.depths)
+        return sum(self.blocks)
 
     @property
     def downsampling(self):
         """Total stride: every stage after the first halves the resolution."""
-        return 2 ** (len(self.depths) - 1)
+        return 2 ** (len(self.blocks) - 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class ResNetSpec(_Stages):
     """A pre-activation ResNet backbone: stages of residual blocks, eq. (1).
 
-    depths: residual blocks per stage. widths: M per stage (the residual space of
-    the stage; the expansion W_0 maps the input to widths[0]). features: K per
-    stage, the channels of each block's feature v_i (default M for basic blocks,
-    M / 4 for bottleneck blocks). block: "basic" or "bottleneck".
+    blocks: residual blocks per stage. width: M per stage (the expansion W_0 maps
+    the input to width[0]). features: K per stage (default M for basic blocks,
+    M / 4 for pointwise ones). block: "basic" or "pointwise".
     """
 
-    depths: tuple
-    widths: tuple
+    blocks: tuple
+    width: tuple
     features: tuple = None
     block: str = "basic"
 
@@ -65,34 +81,34 @@ class ResNetSpec(_Stages):
     def __post_init__(self):
         if self.block not in BLOCK_TYPES:
             raise ValueError(f"unknown block type {self.block!r}; valid choices: {', '.join(BLOCK_TYPES)}")
-        depths = _positive_ints("depths", self.depths)
-        widths = _positive_ints("widths", self.widths)
+        width = positive_ints("width (M per stage)", self.width)
+        blocks = positive_ints("blocks (per stage)", self.blocks, len(width))
         if self.features is None:
-            divisor = 4 if self.block == "bottleneck" else 1
-            features = tuple(max(1, m // divisor) for m in widths)
+            divisor = 4 if self.block == "pointwise" else 1
+            features = tuple(max(1, m // divisor) for m in width)
         else:
-            features = _positive_ints("features", self.features)
-        lengths = {"depths": len(depths), "widths": len(widths), "features": len(features)}
+            features = positive_ints("features (K per stage)", self.features, len(width))
+        lengths = {"blocks": len(blocks), "width": len(width), "features": len(features)}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"per-stage lists must have one entry per stage; got lengths {lengths}")
-        object.__setattr__(self, "depths", depths)
-        object.__setattr__(self, "widths", widths)
+        object.__setattr__(self, "blocks", blocks)
+        object.__setattr__(self, "width", width)
         object.__setattr__(self, "features", features)
 
     @classmethod
-    def from_depth(cls, depth, widths, features=None, block="basic"):
-        """The spec of a ResNet-`depth` (He et al. counting: stem + blocks + linear)."""
+    def from_layers(cls, layers, width, features=None, block="basic"):
+        """The spec of a ResNet-`layers` (He et al. counting: stem + blocks + linear)."""
         if block not in BLOCK_TYPES:
             raise ValueError(f"unknown block type {block!r}; valid choices: {', '.join(BLOCK_TYPES)}")
-        stages = len(_positive_ints("widths", widths))
+        stages = len(positive_ints("width (M per stage)", width))
         layout = f"a {stages}-stage ResNet of {block} blocks"
-        n = _blocks_per_stage(depth, LAYERS_PER_BLOCK[block] * stages, 2, layout)  # stem + blocks + linear
-        return cls((n,) * stages, tuple(widths), features, block)
+        n = _blocks_per_stage(layers, LAYERS_PER_BLOCK[block] * stages, 2, layout)  # stem + blocks + linear
+        return cls(n, width, features, block)
 
     def stage_blocks(self):
         """Yield (block index i, stage, width M, feature width K, stride) for i = 1..L."""
         i = 0
-        for stage, (n, width, features) in enumerate(zip(self.depths, self.widths, self.features)):
+        for stage, (n, width, features) in enumerate(zip(self.blocks, self.width, self.features)):
             for b in range(n):
                 i += 1
                 yield i, stage, width, features, 2 if stage > 0 and b == 0 else 1
@@ -106,99 +122,85 @@ class ResNetSpec(_Stages):
         """
         result = []
         stage_input = input_channels
-        for stage, (n, width, features) in enumerate(zip(self.depths, self.widths, self.features)):
-            last_stage = stage == len(self.depths) - 1
+        for stage, (n, width, features) in enumerate(zip(self.blocks, self.width, self.features)):
+            last_stage = stage == len(self.blocks) - 1
             total = stage_input + features * (n - 1 if last_stage else n)
             result.append((width, total, width >= total))
             stage_input = width
         return result
 
 
-def _positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 @dataclasses.dataclass(frozen=True)
 class DenseNetSpec(_Stages):
     """A CIFAR DenseNet backbone (Huang et al.): stages of dense layers, eq. (8), joined by transitions.
 
-    depths: dense layers per stage (a "dense block" in DenseNet's words; each layer
-    is one of the paper's dense blocks i). growth: the growth rate k, the channels
-    D_i of every feature v_i = Q_i(x_{i-1}). bottleneck: DenseNet-B's 1x1
-    convolution to 4k channels at the start of Q_i. compression: the fraction
-    theta in (0, 1] of channels a transition keeps (DenseNet-C). stem: channels of
-    the first convolution (default 2k with the bottleneck, else 16).
+    blocks: dense layers per stage (each layer is one of the paper's dense blocks i;
+    DenseNet calls a stage a "dense block"). features: the growth rate k, the
+    channels D_i of every feature v_i = Q_i(x_{i-1}). pointwise: DenseNet-B's 1x1
+    convolution to 4k channels at the start of Q_i. compression: the fraction theta
+    in (0, 1] of channels a transition keeps (DenseNet-C). stem: channels of the
+    first convolution (default 2k with `pointwise`, else 16).
     """
 
-    depths: tuple
-    growth: int = 12
-    bottleneck: bool = False
+    blocks: tuple
+    features: int = 12
+    pointwise: bool = False
     compression: float = 1.0
     stem: int = None
 
     family = "densenet"
-    STAGES = 3  # the CIFAR DenseNets' dense blocks, for `from_depth`
+    STAGES = 3  # the CIFAR DenseNets' dense blocks, for `from_layers`
 
     def __post_init__(self):
-        object.__setattr__(self, "depths", _positive_ints("depths (dense layers per stage)", self.depths))
-        _positive_int("growth rate", self.growth)
-        if not isinstance(self.bottleneck, bool):
-            raise ValueError(f"bottleneck must be True or False, got {self.bottleneck!r}")
+        object.__setattr__(self, "blocks", positive_ints("blocks (dense layers per stage)", self.blocks, self.STAGES))
+        positive_int("features (the growth rate k)", self.features)
+        if not isinstance(self.pointwise, bool):
+            raise ValueError(f"pointwise must be True or False, got {self.pointwise!r}")
         c = self.compression
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1:
             raise ValueError(f"compression must be in (0, 1], got {c!r}")
         if self.stem is None:
-            object.__setattr__(self, "stem", 2 * self.growth if self.bottleneck else 16)
-        _positive_int("stem", self.stem)
+            object.__setattr__(self, "stem", 2 * self.features if self.pointwise else 16)
+        positive_int("stem", self.stem)
         if min(self.transitions(), default=1) < 1:
             raise ValueError(f"compression {c!r} leaves a transition with no channels")
 
     @classmethod
-    def from_depth(cls, depth, growth=12, bottleneck=False, compression=1.0, stem=None):
-        """The spec of a 3-stage DenseNet(-BC) of `depth` layers: 3n+4, or 6n+4 with the bottleneck."""
-        layout = f"a {cls.STAGES}-stage " + ("DenseNet-BC (bottleneck)" if bottleneck else "DenseNet (no bottleneck)")
-        per_stage = (2 if bottleneck else 1) * cls.STAGES
-        n = _blocks_per_stage(depth, per_stage, cls.STAGES + 1, layout)  # stem, transitions, linear
-        return cls((n,) * cls.STAGES, growth, bottleneck, compression, stem)
+    def from_layers(cls, layers, features=12, pointwise=False, compression=1.0, stem=None):
+        """The spec of a 3-stage DenseNet(-BC) of `layers` layers: 3n+4, or 6n+4 with `pointwise`."""
+        layout = f"a {cls.STAGES}-stage " + ("DenseNet-B (pointwise)" if pointwise else "DenseNet")
+        per_stage = (2 if pointwise else 1) * cls.STAGES
+        n = _blocks_per_stage(layers, per_stage, cls.STAGES + 1, layout)  # stem, transitions, linear
+        return cls(n, features, pointwise, compression, stem)
 
     def transitions(self):
         """Channels after each transition: floor(compression * channels in)."""
         widths, channels = [], self.stem
-        for n in self.depths[:-1]:
-            channels = int(math.floor((channels + n * self.growth) * self.compression))
+        for n in self.blocks[:-1]:
+            channels = int(math.floor((channels + n * self.features) * self.compression))
             widths.append(channels)
         return tuple(widths)
 
     def stage_blocks(self):
         """Yield (layer index i, stage, channels of the transition after it or None) for i = 1..L."""
         i, transitions = 0, self.transitions() + (None,)
-        for stage, (n, transition) in enumerate(zip(self.depths, transitions)):
+        for stage, (n, transition) in enumerate(zip(self.blocks, transitions)):
             for b in range(n):
                 i += 1
                 yield i, stage, transition if b == n - 1 else None
 
 
-VECTOR_ARCH = "mlp"  # the arch name that selects the vector-valued family
-
-
 class _VectorSpec:
-    """What the vector-valued specs share: inputs (N_in,), L = depth blocks, G_i/Q_i of Dense-ReLU layers."""
+    """What the vector-valued specs share: inputs (N_in,), L blocks, G_i/Q_i of Dense-ReLU layers."""
 
     input_rank = 1  # vectors (N_in,)
     downsampling = 1
 
     def _validate(self, **positive):
         for name, value in positive.items():
-            _positive_int(name, value)
+            positive_int(name, value)
         hidden = tuple(self.hidden or ())
-        object.__setattr__(self, "hidden", hidden and _positive_ints("hidden", hidden))
-
-    @property
-    def num_blocks(self):
-        """L, the number of blocks."""
-        return self.depth
+        object.__setattr__(self, "hidden", hidden and positive_ints("hidden", hidden))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,24 +208,24 @@ class VectorResNetSpec(_VectorSpec):
     """A vector-valued ResNet on inputs in R^{N_in}, eqs. (1)-(2).
 
     x_0 = W_0 x in R^M, x_i = x_{i-1} + W_i G_i(x_{i-1}) for i = 1..L. width: M.
-    depth: L, the number of blocks (not layers). bottleneck: K, the width of every
-    feature v_i = G_i(x_{i-1}). hidden: widths of extra Dense-ReLU layers at the
-    start of G_i (default none: G_i is one Dense(K) with bias and ReLU).
+    blocks: L. features: K, the width of every feature v_i = G_i(x_{i-1}). hidden:
+    widths of extra Dense-ReLU layers at the start of G_i (default none: G_i is one
+    Dense(K) with bias and ReLU).
     """
 
     width: int = None
-    depth: int = None
-    bottleneck: int = None
+    blocks: int = None
+    features: int = None
     hidden: tuple = ()
 
     family = "resnet"
 
     def __post_init__(self):
-        self._validate(**{"width M": self.width, "depth L": self.depth, "bottleneck K": self.bottleneck})
+        self._validate(**{"width M": self.width, "blocks L": self.blocks, "features K": self.features})
 
     def bottleneck_condition(self, input_dim):
         """Section 3.2: M >= sum_{i=0}^{L-1} K_i with K_0 = N_in; returns (M, the sum, holds)."""
-        total = input_dim + self.bottleneck * (self.depth - 1)
+        total = input_dim + self.features * (self.blocks - 1)
         return self.width, total, self.width >= total
 
 
@@ -232,60 +234,15 @@ class VectorDenseNetSpec(_VectorSpec):
     """A vector-valued DenseNet on inputs in R^{N_in}, eq. (8).
 
     x_0 = x, x_i = concat(x_{i-1}, Q_i(x_{i-1})) for i = 1..L, so M_i = N_in + i D.
-    depth: L. growth: D, the width of every feature v_i = Q_i(x_{i-1}). hidden:
+    blocks: L. features: D, the width of every feature v_i = Q_i(x_{i-1}). hidden:
     widths of extra Dense-ReLU layers at the start of Q_i.
     """
 
-    depth: int = None
-    growth: int = None
+    blocks: int = None
+    features: int = None
     hidden: tuple = ()
 
     family = "densenet"
 
     def __post_init__(self):
-        self._validate(**{"depth L": self.depth, "growth D": self.growth})
-
-
-_DENSENET_NAME = re.compile(r"densenet-?(bc)?-?\(?(?:l=)?(\d+)[-,]*(?:k=)?(\d+)\)?")
-
-
-def canonical(name):
-    """Lower-case a typed name and drop the dash between letters and digits.
-
-    "WRN-40-4" -> "wrn40-4", "ResNet_110" -> "resnet110", "A-ResNEst" -> "a-resnest",
-    "DenseNet-BC-100-12" or "DenseNet-BC (L=100, k=12)" -> "densenet-bc100-12".
-    """
-    name = re.sub(r"[\s_]+", "-", str(name).strip().lower())
-    dense = _DENSENET_NAME.fullmatch(name)  # "DenseNet-BC (L=100, k=12)" -> "densenet-bc100-12"
-    if dense:
-        return f"densenet{'-bc' if dense.group(1) else ''}{dense.group(2)}-{dense.group(3)}"
-    return re.sub(r"([a-z])-(?=\d)", r"\1", name)
-
-
-ARCHS = {
-    "resnet20": ResNetSpec(depths=(3, 3, 3), widths=(16, 32, 64)),
-    "resnet110": ResNetSpec(depths=(18, 18, 18), widths=(16, 32, 64)),
-    "wrn16-8": ResNetSpec(depths=(2, 2, 2), widths=(128, 256, 512)),
-    "wrn40-4": ResNetSpec(depths=(6, 6, 6), widths=(64, 128, 256)),
-    # DenseNet paper, Table 2 (CIFAR): DenseNet (L=40, k=12) and DenseNet-BC (L, k)
-    "densenet40-12": DenseNetSpec.from_depth(40, growth=12),
-    "densenet-bc100-12": DenseNetSpec.from_depth(100, growth=12, bottleneck=True, compression=0.5),
-    "densenet-bc250-24": DenseNetSpec.from_depth(250, growth=24, bottleneck=True, compression=0.5),
-    "densenet-bc190-40": DenseNetSpec.from_depth(190, growth=40, bottleneck=True, compression=0.5),
-}
-
-
-def get_spec(arch, family=None):
-    """The registered spec of a named architecture, accepting common spellings.
-
-    With `family` ("resnet", "densenet") an unknown name is reported with that
-    family's choices and arch="mlp".
-    """
-    spec = ARCHS.get(canonical(arch))
-    if spec is None:
-        if family is None:
-            raise ValueError(f"unknown arch {arch!r}; valid choices: {', '.join(ARCHS)}")
-        choices = [name for name, known in ARCHS.items() if known.family == family] + [VECTOR_ARCH]
-        title = {"resnet": "ResNet", "densenet": "DenseNet"}[family]
-        raise ValueError(f"unknown {title} arch {arch!r}; valid choices: {', '.join(choices)}")
-    return spec
+        self._validate(**{"blocks L": self.blocks, "features D": self.features})

@@ -17,12 +17,12 @@ def policy():
 @pytest.fixture
 def no_keras(monkeypatch):
     """Fail the test if a builder reaches Keras layers before rejecting its input."""
-    from nestzoo import models
+    from nestzoo import builders
 
     def reached(*args, **kwargs):
         raise AssertionError("Keras was reached before the bad input was rejected")
 
-    monkeypatch.setattr(models.keras, "Input", reached)
+    monkeypatch.setattr(builders.keras, "Input", reached)
 
 
 @pytest.fixture

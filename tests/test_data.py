@@ -162,7 +162,7 @@ def test_bad_arrays(images, labels, message):
 
 
 def tiny_resnet():
-    return nestzoo.ResNet(depths=(1, 1, 1), widths=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
+    return nestzoo.ResNet(blocks=1, width=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
 
 
 def test_digits_trains_a_small_model():
@@ -186,7 +186,7 @@ MIRRORED = textwrap.dedent("""
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     d = data.load("digits", 64, validation=0.1, drop_remainder=True)
     with strategy.scope():
-        model = nestzoo.ResNet(depths=(1, 1, 1), widths=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
+        model = nestzoo.ResNet(blocks=1, width=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
         model.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy")
     history = model.fit(d.train.take(6), validation_data=d.validation, epochs=1, verbose=0)
     print("replicas", strategy.num_replicas_in_sync, "loss", history.history["loss"][-1])

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import nestzoo
-from nestzoo import specs
+from nestzoo import registry
 
-TINY = dict(depths=(2, 2, 2), growth=4, input_shape=(8, 8, 3))
-TINY_BC = dict(depth=16, growth=4, bottleneck=True, compression=0.5, input_shape=(8, 8, 3))  # 6n+4, n = 2
+TINY = dict(blocks=2, features=4, input_shape=(8, 8, 3))
+TINY_BC = dict(layers=16, features=4, pointwise=True, compression=0.5, input_shape=(8, 8, 3))  # 6n+4, n = 2
 BUILDERS = (nestzoo.DenseNet, nestzoo.DenseNEst)
 
 
@@ -32,14 +32,14 @@ def test_large_parameter_counts_within_one_percent(arch, millions):
 
 def test_spellings_and_registry():
     for typed in ("DenseNet-BC-100-12", "DenseNet-BC (L=100, k=12)", "densenet_bc_100_12", "DenseNetBC-100-12"):
-        assert specs.get_spec(typed) is specs.ARCHS["densenet-bc100-12"]
-    assert specs.get_spec("DenseNet-40-12") is specs.ARCHS["densenet40-12"]
+        assert registry.get_spec(typed) is registry.ARCHS["densenet-bc100-12"]
+    assert registry.get_spec("DenseNet-40-12") is registry.ARCHS["densenet40-12"]
     names = nestzoo.list_models("densenet")
     assert {"densenet40-12.standard", "densenet40-12.densenest", "densenet-bc190-40.densenest"} <= set(names)
     assert len(names) == 8
     model = nestzoo.create_model("DenseNet-40-12.DenseNEst", classes=3)
     assert model.name == "densenet40-12_densenest" and model.output_shape == (None, 3)
-    assert nestzoo.models.canonical_variant("DenseNet", "densenet") == "standard"
+    assert registry.canonical_variant("DenseNet", "densenet") == "standard"
 
 
 def test_variants_differ_only_in_the_final_bn_relu():
@@ -67,7 +67,7 @@ def test_dense_layers_concatenate_eq8_and_reach_the_predictor_linearly_eq9():
 
 
 def test_custom_networks_and_options():
-    model = nestzoo.DenseNet(depth=10, growth=3, input_shape=(8, 8, 1), classes=2)  # 3n+4, n = 2
+    model = nestzoo.DenseNet(layers=10, features=3, input_shape=(8, 8, 1), classes=2)  # 3n+4, n = 2
     assert model.get_layer("expansion").output.shape[-1] == 16
     assert model.get_layer("block6_x").output.shape == (None, 2, 2, 16 + 6 * 3)
     assert nestzoo.DenseNEst(include_top=False, **TINY).output_shape == (None, 2, 2, 16 + 6 * 4)
@@ -94,19 +94,19 @@ def test_save_and_reload_keras_file(assert_reloads, build):
 
 BAD_INPUTS = [
     (dict(arch="densenet41-12"), "unknown DenseNet arch 'densenet41-12'; valid choices: densenet40-12, densenet-bc100-12"),
-    (dict(depths=(2, 2, 2), growth=0), "growth rate must be a positive integer"),
-    (dict(depths=(2, 2, 2), growth=2.5), "growth rate must be a positive integer"),
-    (dict(depths=(2, 2, 2), compression=0), r"compression must be in \(0, 1\]"),
-    (dict(depths=(2, 2, 2), compression=1.5), r"compression must be in \(0, 1\]"),
-    (dict(depths=(2, 2, 2), compression=0.01), "leaves a transition with no channels"),
-    (dict(depth=41), r"DenseNet \(no bottleneck\) has depth 3n\+4 \(7, 10, 13"),
-    (dict(depth=101, bottleneck=True), r"DenseNet-BC \(bottleneck\) has depth 6n\+4 \(10, 16, 22"),
-    (dict(depths=(2, 0, 2)), "depths .* must be a non-empty list of positive integers"),
-    (dict(growth=12), "one of depths .* or depth"),
-    (dict(arch="densenet40-12", growth=24), "either arch"),
+    (dict(blocks=2, features=0), r"features \(the growth rate k\) must be a positive integer"),
+    (dict(blocks=2, features=2.5), r"features \(the growth rate k\) must be a positive integer"),
+    (dict(blocks=2, compression=0), r"compression must be in \(0, 1\]"),
+    (dict(blocks=2, compression=1.5), r"compression must be in \(0, 1\]"),
+    (dict(blocks=2, compression=0.01), "leaves a transition with no channels"),
+    (dict(layers=41), r"DenseNet has 3n\+4 layers \(7, 10, 13"),
+    (dict(layers=101, pointwise=True), r"DenseNet-B \(pointwise\) has 6n\+4 layers \(10, 16, 22"),
+    (dict(blocks=(2, 0, 2)), r"blocks \(dense layers per stage\) must be a positive integer"),
+    (dict(features=12), r"needs blocks \(dense layers per stage\) or layers"),
+    (dict(arch="densenet40-12", features=24), "either arch"),
     (dict(arch="densenet40-12", input_shape=(10,)), "image network.*use arch='mlp'"),
     (dict(arch="resnet20"), "resnet architecture; use a resnet builder"),
-    (dict(arch="mlp", depth=2, growth=4), r"give input_shape=\(N_in,\)"),
+    (dict(arch="mlp", blocks=2, features=4), r"give input_shape=\(N_in,\)"),
 ]
 
 

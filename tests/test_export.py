@@ -7,7 +7,7 @@ import nestzoo
 from nestzoo import data
 from nestzoo.export import export_saved_model
 
-TINY = dict(depths=(1, 1, 1), widths=(4, 8, 8), input_shape=(8, 8, 1))
+TINY = dict(blocks=1, width=(4, 8, 8), input_shape=(8, 8, 1))
 
 
 def test_exported_model_serves_the_same_outputs(tmp_path):

@@ -10,9 +10,9 @@ import pytest
 
 import nestzoo
 from nestzoo import layers as nz_layers
-from nestzoo import specs
+from nestzoo import registry
 
-TINY = dict(depths=(1, 1, 1), widths=(4, 8, 8), input_shape=(8, 8, 3))
+TINY = dict(blocks=1, width=(4, 8, 8), input_shape=(8, 8, 3))
 
 # REFERENCE.md: trainable parameters of the reference implementation, CIFAR-10.
 REFERENCE_COUNTS = {
@@ -38,9 +38,9 @@ def test_usage_line_and_spellings():
     model = nestzoo.AResNEst(arch="wrn40-4", classes=100)
     assert model.output_shape == (None, 100)
     for typed in ("WRN-40-4", "wrn_40_4", "Wrn 40-4"):
-        assert specs.get_spec(typed) is nestzoo.ARCHS["wrn40-4"]
+        assert registry.get_spec(typed) is nestzoo.ARCHS["wrn40-4"]
     for typed in ("ResNet-110", "resnet-110", "RESNET110"):
-        assert specs.get_spec(typed) is nestzoo.ARCHS["resnet110"]
+        assert registry.get_spec(typed) is nestzoo.ARCHS["resnet110"]
     assert nestzoo.ResNEst(arch="ResNet-20").name == "resnet20_resnest"
 
 
@@ -82,19 +82,19 @@ def test_block_structure_follows_reference():
 
 
 def test_bottleneck_block_and_custom_features():
-    model = nestzoo.ResNEst(depths=(2, 2), widths=(16, 32), features=(4, 8), block="bottleneck", input_shape=(8, 8, 3))
+    model = nestzoo.ResNEst(blocks=2, width=(16, 32), features=(4, 8), block="pointwise", input_shape=(8, 8, 3))
     w = model.get_layer("block1_W")  # W_i: the last 1x1 conv, K_i -> M
     assert w.kernel.shape == (1, 1, 4, 16)
     assert model.get_layer("block3_conv2").strides == (2, 2)  # stride on the 3x3
     assert model.get_layer("block3_features").output.shape[-1] == 8
-    spec = nestzoo.ResNetSpec.from_depth(29, widths=(16, 32, 64), block="bottleneck")
-    assert spec.depths == (3, 3, 3) and spec.features == (4, 8, 16)
-    assert nestzoo.ResNetSpec.from_depth(20, (16, 32, 64)) == nestzoo.ARCHS["resnet20"]
+    spec = nestzoo.ResNetSpec.from_layers(29, width=(16, 32, 64), block="pointwise")
+    assert spec.blocks == (3, 3, 3) and spec.features == (4, 8, 16)
+    assert nestzoo.ResNetSpec.from_layers(20, (16, 32, 64)) == nestzoo.ARCHS["resnet20"]
 
 
 def test_bottleneck_condition():
     assert not any(holds for *_, holds in nestzoo.ARCHS["resnet20"].bottleneck_condition())
-    wide = nestzoo.ResNetSpec(depths=(3,), widths=(64,), features=(8,), block="bottleneck")
+    wide = nestzoo.ResNetSpec(blocks=(3,), width=(64,), features=(8,), block="pointwise")
     assert wide.bottleneck_condition(input_channels=3) == [(64, 3 + 2 * 8, True)]
 
 
@@ -127,7 +127,7 @@ def test_batch_norm_uses_pytorch_epsilon_and_momentum():
 
 
 def test_initialization_is_pytorch_default():
-    model = nestzoo.ResNet(depths=(1,), widths=(64,), input_shape=(8, 8, 3), classes=100)
+    model = nestzoo.ResNet(blocks=1, width=64, input_shape=(8, 8, 3), classes=100)
     kernel = np.asarray(model.get_layer("block1_W").kernel)  # fan_in 3*3*64
     bound = 1 / np.sqrt(3 * 3 * 64)
     assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
@@ -192,19 +192,60 @@ def test_weights_file_round_trip(tmp_path):
 
 BAD_INPUTS = [
     (dict(arch="resnet21"), "valid choices: resnet20, resnet110, wrn16-8, wrn40-4"),
-    (dict(arch="resnet20", classes=0), "classes must be an integer >= 1"),
+    (dict(arch="resnet20", classes=0), "classes must be a positive integer"),
     (dict(arch="resnet20", input_shape=(3, 3, 3)), "downsamples by 4, so height and width must be at least 4"),
-    (dict(depth=21, widths=(16, 32, 64)), r"depth 6n\+2 \(8, 14, 20"),
-    (dict(depth=21, widths=(16, 32, 64), block="bottleneck"), r"depth 9n\+2 \(11, 20, 29"),
-    (dict(depths=(3, 3, 3), widths=(16, 0, 64)), "widths must be a non-empty list of positive integers"),
-    (dict(depths=(3, -1, 3), widths=(16, 32, 64)), "depths must be a non-empty list of positive integers"),
-    (dict(depths=(3, 3), widths=(16, 32, 64)), "one entry per stage"),
-    (dict(depths=(3, 3, 3), widths=(16, 32, 64), features=(4, 8)), "one entry per stage"),
-    (dict(depths=(3,), widths=(16,), block="dense"), "valid choices: basic, bottleneck"),
-    (dict(arch="resnet20", depths=(1, 1, 1)), "either arch"),
+    (dict(layers=21, width=(16, 32, 64)), r"6n\+2 layers \(8, 14, 20"),
+    (dict(layers=21, width=(16, 32, 64), block="pointwise"), r"9n\+2 layers \(11, 20, 29"),
+    (dict(blocks=3, width=(16, 0, 64)), r"width \(M per stage\) must be a positive integer"),
+    (dict(blocks=(3, -1, 3), width=(16, 32, 64)), r"blocks \(per stage\) must be a positive integer"),
+    (dict(blocks=(3, 3), width=(16, 32, 64)), "one entry per stage"),
+    (dict(blocks=3, width=(16, 32, 64), features=(4, 8)), "one entry per stage"),
+    (dict(blocks=3, width=16, block="dense"), "valid choices: basic, pointwise"),
+    (dict(arch="resnet20", blocks=1), "either arch"),
     (dict(arch="resnet20", pooling="mean"), "pooling must be one of"),
     (dict(arch="resnet20", weights="missing.h5"), "is not a file"),
+    (dict(arch="resnet20", input_shape=None), r"input_shape must be a tuple \(height, width, channels\)"),
+    (dict(arch="resnet20", input_shape=32), r"input_shape must be a tuple \(height, width, channels\)"),
+    (dict(arch="resnet20", hidden=(4,)), "hidden .* is for vector-valued networks"),
 ]
+
+
+def test_one_keyword_one_meaning_across_families():
+    """blocks, width and features mean L, M and K in the image and the vector family alike;
+    an int is one stage (or, for blocks and features, the same in every stage)."""
+    one_stage = nestzoo.ResNEst(blocks=2, width=16, features=4, input_shape=(8, 8, 3))
+    assert {l.name for l in one_stage.layers} >= {"block1_x", "block2_x"} and "block3_x" not in {
+        l.name for l in one_stage.layers}
+    assert one_stage.get_layer("block2_features").output.shape[-1] == 4
+    vector = nestzoo.ResNEst(arch="mlp", blocks=2, width=16, features=4, input_shape=(5,))
+    assert vector.get_layer("block2_features").output.shape[-1] == 4
+    assert nestzoo.ResNetSpec(blocks=3, width=(16, 32, 64)) == nestzoo.ARCHS["resnet20"]
+    assert nestzoo.DenseNetSpec(blocks=12, features=12) == nestzoo.ARCHS["densenet40-12"]
+
+
+def test_builders_show_their_parameters():
+    """help() and IDEs see every keyword (Keras Applications' builders are the model)."""
+    import inspect
+
+    for build in (nestzoo.ResNet, nestzoo.ResNEst, nestzoo.BNResNEst, nestzoo.AResNEst):
+        parameters = set(inspect.signature(build).parameters)
+        assert parameters >= {"arch", "blocks", "width", "features", "layers", "block", "hidden", "input_shape",
+                              "classes", "outputs", "include_top", "pooling", "classifier_activation",
+                              "weights", "name"}
+        assert all(f"    {p}:" in build.__doc__ for p in parameters), build.__name__
+    for build in (nestzoo.DenseNet, nestzoo.DenseNEst):
+        parameters = set(inspect.signature(build).parameters)
+        assert parameters >= {"blocks", "features", "layers", "pointwise", "compression", "stem"}
+        assert all(f"    {p}:" in build.__doc__ for p in parameters), build.__name__
+
+
+def test_list_models_takes_wildcards():
+    assert nestzoo.list_models("*.a-resnest") == [f"{a}.a-resnest" for a in
+                                                  ("resnet110", "resnet20", "wrn16-8", "wrn40-4")]
+    assert nestzoo.list_models("wrn*") == [n for n in nestzoo.list_models() if n.startswith("wrn")]
+    assert nestzoo.list_models("densenet-bc1?0-*.densenest") == ["densenet-bc100-12.densenest",
+                                                                "densenet-bc190-40.densenest"]
+    assert nestzoo.list_models("nothing*") == []
 
 
 @pytest.mark.parametrize("kwargs,message", BAD_INPUTS)
@@ -225,10 +266,24 @@ def test_bad_variant_and_model_names(no_keras):
 def test_weights_that_do_not_fit_are_rejected(tmp_path):
     path = str(tmp_path / "standard.weights.h5")
     nestzoo.ResNet(**TINY).save_weights(path)
-    with pytest.raises(ValueError, match="does not fit .* holds 39 variables, the architecture has 35"):
+    with pytest.raises(ValueError, match="does not fit .* holds 39 model variables, the architecture has 35"):
         nestzoo.ResNEst(weights=path, **TINY)
     with pytest.raises(ValueError, match="of other shapes"):
         nestzoo.ResNet(weights=path, classes=3, **TINY)
+
+
+def test_weights_of_a_trained_compiled_model_load(tmp_path):
+    """A trainer's weight files also hold the optimizer's variables; `weights=` takes them."""
+    model = nestzoo.ResNet(**TINY)
+    model.compile(nestzoo.CoupledSGD(0.1), "sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype("float32")
+    model.fit(x, np.arange(8) % 10, epochs=1, verbose=0)
+    path = str(tmp_path / "best.weights.h5")
+    model.save_weights(path)
+    loaded = nestzoo.ResNet(weights=path, **TINY)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    with pytest.raises(ValueError, match="does not fit .* holds 39 model variables, the architecture has 35"):
+        nestzoo.ResNEst(weights=path, **TINY)
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
@@ -239,7 +294,7 @@ def test_builds_under_other_backends(backend):
         import numpy as np, keras, nestzoo
         assert keras.backend.backend() == "{backend}"
         for build in (nestzoo.ResNet, nestzoo.AResNEst):
-            model = build(depths=(1, 1, 1), widths=(4, 8, 8), input_shape=(8, 8, 3))
+            model = build(blocks=1, width=(4, 8, 8), input_shape=(8, 8, 3))
             assert model.predict(np.ones((2, 8, 8, 3), "float32"), verbose=0).shape == (2, 10)
         print("ok")
         """

@@ -12,7 +12,7 @@ import nestzoo
 from nestzoo import training
 from nestzoo.training import run, runtime
 
-TINY = dict(depths=(1, 1, 1), widths=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
+TINY = dict(blocks=1, width=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
 
 
 def tiny_data(n=64, batch=16, seed=0):
@@ -51,9 +51,16 @@ def test_paper_recipe_values():
     assert training.get_recipe("paper", epochs=3, milestones=[1, 2]).milestones == (1, 2)
 
 
-def test_resnest_learning_rate_is_chosen_by_name():
-    assert training.run.is_resnest("resnet20.resnest") and training.run.is_resnest("custom_resnest")
-    assert not any(training.run.is_resnest(n) for n in ("resnet20.bn-resnest", "resnet20_a-resnest", "wrn16-8.standard"))
+@pytest.mark.parametrize("build, resnest", [(nestzoo.ResNEst, True), (nestzoo.BNResNEst, False),
+                                             (nestzoo.AResNEst, False), (nestzoo.ResNet, False),
+                                             (nestzoo.DenseNEst, False)])
+def test_resnest_learning_rate_is_chosen_by_structure_not_name(tmp_path, build, resnest):
+    """A ResNEst named "net" still trains at 0.01 (appendix B.3), also after a .keras round trip."""
+    model = build(blocks=1, input_shape=(8, 8, 3), name="net",
+                  **({"width": (4, 8, 8)} if build not in (nestzoo.DenseNet, nestzoo.DenseNEst) else {"features": 2}))
+    assert training.run.is_resnest(model) is resnest
+    model.save(tmp_path / "net.keras")
+    assert training.run.is_resnest(keras.saving.load_model(tmp_path / "net.keras")) is resnest
 
 
 def test_coupled_sgd_matches_torch_update():
@@ -193,7 +200,9 @@ def test_divergence_stops_at_once_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_results_table_has_mean_std_and_parameters():
     def summary(model, seed, accuracy, parameters=272_282):
-        return {"config": {"model": model, "data": "cifar10"}, "seed": seed, "test_accuracy": accuracy,
+        arch, variant = model.split(".")
+        return {"config": {"model": model, "arch": arch, "variant": variant, "data": "cifar10"}, "seed": seed,
+                "test_accuracy": accuracy,
                 "parameters": parameters}
 
     summaries = [summary("resnet20.standard", 0, 0.92), summary("resnet20.standard", 1, 0.93),

@@ -18,7 +18,7 @@ RESUMABLE = textwrap.dedent("""
     from nestzoo import training
 
     def tiny():
-        return nestzoo.ResNet(depths=(1, 1, 1), widths=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
+        return nestzoo.ResNet(blocks=1, width=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
 
     training.train(tiny, "digits", output_dir=sys.argv[1], epochs=8, milestones=(3,), resume=True, verbose=0)
 """)
@@ -77,7 +77,7 @@ MIRRORED = textwrap.dedent("""
     x, y = rng.normal(size=(64, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 64)
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     def tiny():
-        return nestzoo.AResNEst(depths=(1, 1, 1), widths=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
+        return nestzoo.AResNEst(blocks=1, width=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
     summary = training.train(tiny, (data, data), output_dir=sys.argv[1], epochs=2, strategy=strategy, verbose=0)
     print(json.dumps(summary))
 """)

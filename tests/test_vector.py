@@ -4,8 +4,8 @@ import pytest
 
 import nestzoo
 
-RES = dict(arch="mlp", input_shape=(5,), width=16, depth=3, bottleneck=4)
-DENSE = dict(arch="mlp", input_shape=(5,), depth=3, growth=4)
+RES = dict(arch="mlp", input_shape=(5,), width=16, blocks=3, features=4)
+DENSE = dict(arch="mlp", input_shape=(5,), blocks=3, features=4)
 VARIANTS = [
     (nestzoo.ResNet, RES),
     (nestzoo.ResNEst, RES),
@@ -22,7 +22,7 @@ def inputs(n=8, dim=5, seed=0):
 
 
 def test_issue_example():
-    model = nestzoo.ResNEst(arch="mlp", input_shape=(10,), width=64, depth=4, bottleneck=8, outputs=1)
+    model = nestzoo.ResNEst(arch="mlp", input_shape=(10,), width=64, blocks=4, features=8, outputs=1)
     # W_0 (10x64) + 4 blocks of G_i = Dense(8) with bias and W_i (8x64) + W_{L+1} with bias
     assert model.count_params() == 10 * 64 + 4 * ((64 * 8 + 8) + 8 * 64) + (64 + 1)
     assert model.output_shape == (None, 1)
@@ -42,7 +42,7 @@ def test_regression_and_classification_outputs(build, kwargs):
 
 @pytest.mark.parametrize("build,kwargs", VARIANTS, ids=IDS)
 def test_scalar_width_one(build, kwargs):
-    sizes = dict(width=1, bottleneck=1) if "width" in kwargs else dict(growth=1)
+    sizes = dict(width=1, features=1) if "width" in kwargs else dict(features=1)
     model = build(**{**kwargs, **sizes, "input_shape": (1,)}, outputs=1)
     assert model.predict(inputs(dim=1), verbose=0).shape == (8, 1)
 
@@ -85,7 +85,7 @@ def test_taps_and_matrices_reproduce_eq2_eq4_and_eq9():
 
 def test_hand_built_scalar_resnet_computes_absolute_value():
     # x_0 = x, x_1 = x_0 + 1 * ReLU(-2 x_0) = |x|, y = x_1: a one-block scalar ResNEst
-    model = nestzoo.ResNEst(arch="mlp", input_shape=(1,), width=1, depth=1, bottleneck=1, outputs=1)
+    model = nestzoo.ResNEst(arch="mlp", input_shape=(1,), width=1, blocks=1, features=1, outputs=1)
     nestzoo.set_linear_maps(model, {"W0": [[1.0]], "W1": [[1.0]], "W2": [[1.0]], "b": [0.0]})
     nestzoo.set_block_weights(model, 1, [([[-2.0]], [0.0])])
     x = np.linspace(-3, 3, 13, dtype="float32")[:, None]
@@ -101,7 +101,7 @@ def test_hand_built_scalar_resnet_computes_absolute_value():
 def test_bottleneck_condition_and_assumption4():
     wide = nestzoo.ResNEst(outputs=1, **RES)  # M = 16 >= 5 + 2 * 4
     assert nestzoo.bottleneck_condition(wide) == (16, 13, True)
-    assert nestzoo.VectorResNetSpec(width=16, depth=3, bottleneck=4).bottleneck_condition(5) == (16, 13, True)
+    assert nestzoo.VectorResNetSpec(width=16, blocks=3, features=4).bottleneck_condition(5) == (16, 13, True)
     assert nestzoo.assumption4(wide)
     maps = nestzoo.linear_maps(wide)
     nestzoo.set_linear_maps(wide, {"W2": maps["W0"][:, :4]})  # W_2's columns repeat W_0's
@@ -112,7 +112,7 @@ def test_bottleneck_condition_and_assumption4():
     with pytest.raises(ValueError, match="Proposition 3"):
         nestzoo.assumption4(nestzoo.DenseNEst(outputs=1, **DENSE))
     with pytest.raises(ValueError, match="not a vector-valued nestzoo model"):
-        nestzoo.linear_maps(nestzoo.ResNEst(depths=(1,), widths=(4,), input_shape=(4, 4, 1)))
+        nestzoo.linear_maps(nestzoo.ResNEst(blocks=1, width=4, input_shape=(4, 4, 1)))
 
 
 @pytest.mark.parametrize(
@@ -149,15 +149,15 @@ def test_include_top_false_and_taps():
 
 BAD_INPUTS = [
     (nestzoo.ResNEst, dict(RES, width=0), "width M must be a positive integer"),
-    (nestzoo.ResNEst, dict(RES, depth=-1), "depth L must be a positive integer"),
-    (nestzoo.ResNEst, dict(RES, bottleneck=0), "bottleneck K must be a positive integer"),
-    (nestzoo.ResNEst, dict(RES, bottleneck=2.5), "bottleneck K must be a positive integer"),
+    (nestzoo.ResNEst, dict(RES, blocks=-1), "blocks L must be a positive integer"),
+    (nestzoo.ResNEst, dict(RES, features=0), "features K must be a positive integer"),
+    (nestzoo.ResNEst, dict(RES, features=2.5), "features K must be a positive integer"),
     (nestzoo.ResNEst, dict(RES, width=None), "width M must be a positive integer, got None"),
-    (nestzoo.AResNEst, dict(RES, hidden=(4, 0)), "hidden must be a non-empty list of positive integers"),
-    (nestzoo.DenseNEst, dict(DENSE, growth=0), "growth D must be a positive integer"),
-    (nestzoo.DenseNEst, dict(DENSE, depth=0), "depth L must be a positive integer"),
-    (nestzoo.DenseNEst, dict(DENSE, bottleneck=3), "takes depth, growth, hidden; got bottleneck"),
-    (nestzoo.ResNEst, dict(RES, widths=(4,)), "takes width, depth, bottleneck, hidden; got widths"),
+    (nestzoo.AResNEst, dict(RES, hidden=(4, 0)), "hidden must be a positive integer, got 0"),
+    (nestzoo.DenseNEst, dict(DENSE, features=0), "features D must be a positive integer"),
+    (nestzoo.DenseNEst, dict(DENSE, blocks=0), "blocks L must be a positive integer"),
+    (nestzoo.DenseNEst, dict(DENSE, pointwise=True), "takes blocks, features, hidden; got pointwise"),
+    (nestzoo.ResNEst, dict(RES, block="basic"), "takes width, blocks, features, hidden; got block"),
     (nestzoo.ResNEst, dict(RES, input_shape=(8, 8, 3)), r"vector-valued network: give input_shape=\(N_in,\)"),
     (nestzoo.ResNEst, dict(arch="resnet20", input_shape=(10,)), "image network.*use arch='mlp'"),
     (nestzoo.ResNEst, dict(RES, input_shape=(5, 0)), "input_shape must be"),

@@ -60,15 +60,6 @@ def plot_curves(history, path):
     plt.close(fig)
 
 
-def _arch_variant(model_name):
-    """("resnet20", "a-resnest") of a registry name or of a model name "resnet20_a-resnest"."""
-    for separator in ".", "_":
-        arch, sep, variant = model_name.rpartition(separator)
-        if sep:
-            return arch, variant
-    return model_name, ""
-
-
 def _millions(parameters):
     """Parameter counts as the paper prints them: 11M, 8.7M, 0.27M."""
     return f"{parameters / 1e6:.2g}M"
@@ -78,7 +69,7 @@ def results_rows(summaries):
     """One row per (data, arch, variant): test accuracy mean and sample std over seeds, in %."""
     groups = {}
     for s in summaries:
-        key = (s["config"]["data"], *_arch_variant(s["config"]["model"]))
+        key = (s["config"]["data"], s["config"]["arch"], s["config"]["variant"])
         groups.setdefault(key, []).append(s)
     rows = []
     for (data, arch, variant), runs in groups.items():

@@ -27,6 +27,7 @@ import keras
 import tensorflow as tf
 
 from nestzoo import registry
+from nestzoo.heads import variant_of
 from nestzoo.training import report
 from nestzoo.recipe import get_recipe
 from nestzoo.training.runtime import dtype_policy, resolve_jit_compile, resolve_precision
@@ -39,9 +40,9 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last finished epoch's checkpoint is kept."""
 
 
-def is_resnest(name):
-    """Whether a registry name ("resnet20.resnest") or model name ("resnet20_resnest") is a ResNEst."""
-    return str(name).replace(".", "_").rsplit("_", 1)[-1] == "resnest"
+def is_resnest(model):
+    """Whether `model` is a ResNEst (eq. 2), read from its structure (`nestzoo.variant_of`), not its name."""
+    return variant_of(model) == ("resnet", "resnest")
 
 
 def _atomic_write_text(path, text):
@@ -117,9 +118,9 @@ def loss_for(model):
 class _DivergenceGuard(keras.callbacks.Callback):
     """Stop at the first batch whose loss is NaN or infinite, before anything is saved."""
 
-    def __init__(self, model_name, initial_learning_rate, schedule, steps_per_epoch):
+    def __init__(self, model_name, resnest, initial_learning_rate, schedule, steps_per_epoch):
         super().__init__()
-        self.model_name, self.initial_learning_rate = model_name, initial_learning_rate
+        self.model_name, self.resnest, self.initial_learning_rate = model_name, resnest, initial_learning_rate
         self.schedule, self.steps_per_epoch = schedule, steps_per_epoch
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -133,7 +134,7 @@ class _DivergenceGuard(keras.callbacks.Callback):
         cause = (
             f"{self.model_name} is a ResNEst trained from learning rate {self.initial_learning_rate:g}; the paper "
             "(appendix B.3) found that ResNEsts diverge at 0.1 and 0.05 and trained them at 0.01"
-            if is_resnest(self.model_name) and self.initial_learning_rate > 0.01
+            if self.resnest and self.initial_learning_rate > 0.01
             else "the learning rate is likely too high for this model"
         )
         raise TrainingDiverged(
@@ -197,12 +198,19 @@ class _RunState(keras.callbacks.Callback):
 
 def _run_config(model, model_name, data, recipe, seed, policy, jit_compile, strategy):
     """What is trained and how, as config.json stores it (JSON types, comparable on resume)."""
+    variant = (variant_of(model) or (None, ""))[1]
+    if "." in model_name:  # a registry name
+        arch = registry.parse_name(model_name)[1]
+    else:  # the model's name, less the builders' default "_{variant}"
+        arch = model.name.removesuffix(f"_{variant}")
     return json.loads(json.dumps({
         "model": model_name,
+        "arch": arch,
+        "variant": variant,
         "data": data.name,
         "validation": data.validation_split,
         "recipe": recipe.to_dict(),
-        "initial_learning_rate": recipe.initial_learning_rate(is_resnest(model_name)),
+        "initial_learning_rate": recipe.initial_learning_rate(is_resnest(model)),
         "seed": seed,
         "precision": policy,
         "parameters": int(sum(math.prod(w.shape) for w in model.trainable_weights)),
@@ -270,9 +278,10 @@ def train(model, data="digits", recipe="paper", *, output_dir, seed=0, precision
     run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(run_dir / "config.json", json.dumps(config, indent=1))
 
-    schedule = recipe.schedule(is_resnest(model_name), data.steps_per_epoch)
+    resnest = is_resnest(model)
+    schedule = recipe.schedule(resnest, data.steps_per_epoch)
     with strategy.scope():
-        optimizer = recipe.optimizer(is_resnest(model_name), data.steps_per_epoch)
+        optimizer = recipe.optimizer(resnest, data.steps_per_epoch)
         if policy == "mixed_float16":  # float16 gradients underflow without loss scaling
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(
@@ -290,7 +299,7 @@ def train(model, data="digits", recipe="paper", *, output_dir, seed=0, precision
         print(f"resuming {run_dir} after epoch {state['epoch']} of {recipe.epochs} "
               f"(optimizer step {int(model.optimizer.iterations.numpy())})")
     callbacks = [
-        _DivergenceGuard(model_name, config["initial_learning_rate"], schedule, data.steps_per_epoch),
+        _DivergenceGuard(model_name, resnest, config["initial_learning_rate"], schedule, data.steps_per_epoch),
         run_state,
         keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False),
     ]
