@@ -47,6 +47,7 @@ def curves_figure(history, config):
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
     validation = "test" if config["validation"] == "test" else "validation"
@@ -62,6 +63,7 @@ def curves_figure(history, config):
     axes[2].set_ylabel("learning rate")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.suptitle(f"{config['model']} on {config['data']}, seed {config['seed']}")
     fig.tight_layout()
