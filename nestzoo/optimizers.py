@@ -7,7 +7,8 @@ applied after it. `MultiStepSchedule` is PyTorch's MultiStepLR by epoch.
 
 Written with keras.ops, so it serves every backend. Importing this module registers
 both classes, so a trained ``.keras`` file reloads with them; the builders,
-``nestzoo.training`` and ``nestzoo.export`` import it.
+``Recipe.optimizer``, ``training.evaluate`` and ``nestzoo.export`` import it (a bare
+``import nestzoo`` does not: it imports nothing until used).
 """
 import keras
 from keras import ops
