@@ -30,7 +30,8 @@ _ATTRIBUTES = {
     "nestzoo.heads": ("variant_of",),
     "nestzoo.linalg": ("assumption4", "block_weights", "bottleneck_condition", "densenest_to_resnest",
                        "linear_maps", "set_block_weights", "set_linear_maps"),
-    "nestzoo.recipe": ("RECIPES", "CoupledSGD", "MultiStepSchedule", "Recipe", "get_recipe"),
+    "nestzoo.optimizers": ("CoupledSGD", "MultiStepSchedule"),
+    "nestzoo.recipe": ("RECIPES", "Recipe", "get_recipe"),
     "nestzoo.registry": ("ARCHS", "HEADS", "create_model", "list_models"),
     "nestzoo.specs": ("DenseNetSpec", "ResNetSpec", "VectorDenseNetSpec", "VectorResNetSpec"),
 }

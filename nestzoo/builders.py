@@ -10,7 +10,7 @@ import os
 import h5py
 import keras
 
-from nestzoo import heads, recipe, registry, specs  # recipe: registers CoupledSGD for .keras files
+from nestzoo import heads, optimizers, registry, specs  # optimizers: registers CoupledSGD for .keras files
 from nestzoo.backbones import backbone
 
 POOLINGS = (None, "avg", "max")

@@ -1,10 +1,64 @@
-"""The ``nestzoo`` command: list, summarize, train, evaluate and export models."""
+"""The ``nestzoo`` command: list, summarize, train, evaluate and export models.
+
+Building the parser and `nestzoo models` import neither TensorFlow nor Keras; the
+subcommands that need them import them. The command discards TensorFlow's C++
+start-up log (oneDNN notices, CUDA probing on a machine without a GPU) unless
+NESTZOO_TF_LOG=1; importing the library changes no logging.
+"""
 import argparse
+import contextlib
+import os
 import sys
 import time
 
 from nestzoo import registry, training
-from nestzoo.data import DATASETS, DatasetNotFoundError
+from nestzoo.data.catalog import DATASETS
+from nestzoo.data.cifar_files import DatasetNotFoundError
+from nestzoo.recipe import RECIPES
+from nestzoo.training.runtime import PRECISIONS
+
+TF_LOG_VARIABLE = "NESTZOO_TF_LOG"
+SUMMARY_WIDTH = 140  # `nestzoo summary` into a file or a pipe
+
+
+@contextlib.contextmanager
+def _stderr_discarded():
+    """File descriptor 2 sent to /dev/null: C++ logs bypass sys.stderr."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def _start_tensorflow():
+    """Import TensorFlow and probe its devices with the C++ log discarded, unless NESTZOO_TF_LOG=1.
+
+    TF_CPP_MIN_LOG_LEVEL=2 (unless set) keeps later info and warnings out; the
+    start-up lines ignore it (TensorFlow issue 100442), so they are discarded.
+    """
+    if os.environ.get(TF_LOG_VARIABLE) == "1":
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _stderr_discarded():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: ...)" to options whose help does not state their default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        default = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+        return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
 def _models(args):
@@ -14,7 +68,11 @@ def _models(args):
 
 def _summary(args):
     model = registry.create_model(args.model, classes=args.classes)
-    model.summary(line_length=110)
+    if sys.stdout.isatty():
+        model.summary()  # the terminal's width
+    else:  # a file or a pipe: wide enough for every name, not rich's 80 columns
+        os.environ["COLUMNS"] = str(SUMMARY_WIDTH)
+        model.summary(line_length=SUMMARY_WIDTH)
 
 
 def _model_names(archs, variants):
@@ -38,10 +96,27 @@ def _fraction_or_count(text):
     return int(text) if text.isdigit() else float(text)
 
 
+def _describe(recipe, scaled_from=None):
+    """The recipe as `nestzoo train` prints it; `scaled_from` is the recipe whose milestones were scaled."""
+    learning_rate = (f"{recipe.learning_rate:g}" if recipe.learning_rate is not None else
+                     f"{recipe.base_learning_rate:g} ({recipe.resnest_learning_rate:g} for ResNEsts)")
+    milestones = ", ".join(map(str, recipe.milestones)) or "none"
+    if scaled_from and scaled_from.milestones != recipe.milestones:
+        milestones += (f" (the recipe's {', '.join(map(str, scaled_from.milestones))} of {scaled_from.epochs} "
+                       "epochs, scaled)")
+    return (f"recipe {recipe.name}: {recipe.epochs} epochs, batch {recipe.batch_size}, learning rate "
+            f"{learning_rate} x{recipe.gamma:g} after epochs {milestones}")
+
+
+def _data_options(args):
+    return {"source": args.source, "data_dir": args.data_dir, "download": not args.no_download}
+
+
 def _train(args):
     recipe = training.get_recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size,
                                  learning_rate=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                                  milestones=args.milestones, gamma=args.gamma)
+    print(_describe(recipe, scaled_from=RECIPES[args.recipe] if args.milestones is None else None), flush=True)
     strategy = None
     if args.mirrored:
         import tensorflow as tf
@@ -51,7 +126,7 @@ def _train(args):
     summaries = training.train_seeds(
         _model_names(args.arch, args.variant), args.dataset, args.seeds, output_dir=output, recipe=recipe,
         precision=args.precision, jit_compile=args.jit_compile, strategy=strategy, resume=args.resume,
-        validation=args.validation, verbose=args.verbose,
+        validation=args.validation, data_options=_data_options(args), verbose=args.verbose,
     )
     _print_runs(summaries, output)
     if len(summaries) > 1:
@@ -60,7 +135,10 @@ def _train(args):
 
 
 def _evaluate(args):
-    result = training.evaluate(args.model, args.dataset, batch_size=args.batch_size, verbose=args.verbose)
+    from nestzoo import data
+
+    test = data.load(args.dataset, args.batch_size, augment=False, **_data_options(args))
+    result = training.evaluate(args.model, test, verbose=args.verbose)
     print(f"{args.model} on {args.dataset} (test): loss {result['loss']:.4f}, accuracy {100 * result['accuracy']:.2f}%")
 
 
@@ -79,7 +157,7 @@ def _add_train(sub):
                     "std of the test accuracy over seeds as the paper's Tables 1 and 2. Unset recipe options "
                     "keep the recipe's values (paper: batch 128, 200 epochs, SGD Nesterov 0.9, coupled weight "
                     "decay 5e-4, lr 0.1 or 0.01 for ResNEsts, x0.2 after epochs 60, 120, 160).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     train.add_argument("--arch", nargs="+", default=["resnet20"], help="architectures (see `nestzoo models`)")
     train.add_argument("--variant", nargs="+", default=["a-resnest"],
                        help="variants: standard, resnest, bn-resnest, a-resnest, ...")
@@ -87,16 +165,19 @@ def _add_train(sub):
     train.add_argument("--validation", type=_fraction_or_count,
                        help="fraction (0.1) or count (5000) of the training set held out to pick the best "
                        "weights (default: the test set, as the paper)")
-    train.add_argument("--recipe", choices=list(training.RECIPES), default="paper", help="paper: appendix B.3; quick: 30 epochs")
-    train.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    _add_data_options(train)
+    train.add_argument("--recipe", choices=list(RECIPES), default="paper", help="paper: appendix B.3; quick: 30 epochs")
+    train.add_argument("--epochs", type=int, help="override the recipe's epochs (its milestones scale with them)")
     train.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     train.add_argument("--lr", type=float, help="initial learning rate (default: 0.1, or 0.01 for ResNEsts)")
     train.add_argument("--momentum", type=float, help="Nesterov momentum")
     train.add_argument("--weight-decay", type=float, help="coupled weight decay (PyTorch's SGD)")
-    train.add_argument("--milestones", type=int, nargs="+", help="epochs after which the lr is multiplied by gamma")
+    train.add_argument("--milestones", type=int, nargs="+",
+                       help="epochs after which the lr is multiplied by gamma (default: the recipe's, scaled "
+                            "by --epochs / the recipe's epochs and rounded down)")
     train.add_argument("--gamma", type=float, help="learning-rate factor at each milestone")
     train.add_argument("--seeds", type=int, nargs="*", default=[0], help="seeds, one run each (paper: 0 1 2 3 4 5 6)")
-    train.add_argument("--precision", choices=training.PRECISIONS, default="auto",
+    train.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto: mixed_float16 on a GPU, float32 on a CPU")
     train.add_argument("--jit-compile", action=argparse.BooleanOptionalAction,
                        help="XLA compilation (default: on with a GPU, off on a CPU, whichever is faster)")
@@ -109,24 +190,37 @@ def _add_train(sub):
     train.set_defaults(run=_train)
 
 
+def _add_data_options(command):
+    command.add_argument("--source", help="a local copy of CIFAR (a folder or archive of the python or binary "
+                                          "layout) instead of tensorflow-datasets")
+    command.add_argument("--data-dir", help="tensorflow-datasets' folder (default: $TFDS_DATA_DIR or "
+                                            "~/tensorflow_datasets)")
+    command.add_argument("--no-download", action="store_true",
+                         help="use only a copy tensorflow-datasets prepared already; never download")
+
+
 def parser():
     """The argument parser of every ``nestzoo`` subcommand."""
-    p = argparse.ArgumentParser(prog="nestzoo", description="ResNEsts, A-ResNEsts and DenseNEsts for Keras 3.")
+    p = argparse.ArgumentParser(
+        prog="nestzoo", description="ResNEsts, A-ResNEsts and DenseNEsts for Keras 3.",
+        epilog=f"TensorFlow's C++ start-up log is hidden; {TF_LOG_VARIABLE}=1 shows it.")
     sub = p.add_subparsers(dest="command", required=True)
     models = sub.add_parser("models", help="list the registered models (arch.variant)")
-    models.add_argument("pattern", nargs="?", help="only names containing this text")
-    models.set_defaults(run=_models)
+    models.add_argument("pattern", nargs="?",
+                        help="only names matching this shell-style wildcard (\"wrn*\") or containing this text")
+    models.set_defaults(run=_models, tensorflow=False)
     summary = sub.add_parser("summary", help="build a registered model and print its layers and parameter count")
     summary.add_argument("model", help="a name from `nestzoo models`, e.g. resnet20.a-resnest")
     summary.add_argument("--classes", type=int, default=10, help="outputs of the predictor (default 10)")
     summary.set_defaults(run=_summary)
     _add_train(sub)
     evaluate = sub.add_parser("evaluate", help="test accuracy of a saved .keras model on a data set",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=_HelpFormatter)
     evaluate.add_argument("model", help="a .keras file, e.g. runs/<date-time>/resnet20.a-resnest/seed0/model.keras")
     evaluate.add_argument("--dataset", choices=sorted(DATASETS), default="digits", help="data set whose test split is used")
     evaluate.add_argument("--batch-size", type=int, default=128, help="evaluation batch size")
     evaluate.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Keras progress")
+    _add_data_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
     export = sub.add_parser("export", help="write a saved .keras model as a SavedModel for TensorFlow Serving")
     export.add_argument("model", help="a .keras file, e.g. runs/<date-time>/resnet20.a-resnest/seed0/model.keras")
@@ -141,6 +235,8 @@ def parser():
 def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
+    if getattr(args, "tensorflow", True):
+        _start_tensorflow()
     try:
         args.run(args)
     except (ValueError, DatasetNotFoundError) as error:

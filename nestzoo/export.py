@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nestzoo import data, recipe  # noqa: F401  (recipe registers nestzoo's optimizer and schedule for .keras files)
+from nestzoo import data, optimizers  # noqa: F401  (optimizers registers nestzoo's optimizer and schedule for .keras files)
 
 
 def export_saved_model(model, directory, *, dataset=None, overwrite=False):
@@ -31,7 +31,7 @@ def export_saved_model(model, directory, *, dataset=None, overwrite=False):
         model = keras.models.load_model(model, compile=False)
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise ValueError(f"{directory} is not empty; choose another directory or pass overwrite=True")
+        raise ValueError(f"{directory} is not empty; choose another directory or pass overwrite=True (--overwrite)")
     archive = keras.export.ExportArchive()
     archive.track(model)
     shape = tuple(model.input.shape[1:])

@@ -1,20 +1,13 @@
-"""The training recipe of appendix B.3 and the optimizer and schedule it needs.
+"""The training recipe of appendix B.3.
 
 The paper trains every network as the wide ResNet paper did: cross-entropy, batch
 128, 200 epochs, SGD with Nesterov momentum 0.9 and weight decay 5e-4, learning rate
 0.1 (0.01 for ResNEsts, which diverge at 0.1 and 0.05) multiplied by 0.2 after
-epochs 60, 120 and 160. The reference is PyTorch code, whose SGD differs from
-Keras's in two ways that `CoupledSGD` reproduces: the weight decay is *coupled*
-(added to the gradient before the momentum), and the momentum buffer holds
-gradients, the learning rate being applied after it.
-
-Written with keras.ops, so it serves every backend; ``import nestzoo`` registers the
-optimizer and schedule, so a trained ``.keras`` file reloads with them.
+epochs 60, 120 and 160. The optimizer and schedule that carry it out, as PyTorch
+computes them, are in ``nestzoo.optimizers``. Pure Python (no Keras import), so the
+``nestzoo`` command reads the recipes instantly.
 """
 import dataclasses
-
-import keras
-from keras import ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +55,19 @@ class Recipe:
             )
 
     def override(self, **changes):
-        """A copy with the given fields changed (None values are ignored)."""
+        """A copy with the given fields changed (None values are ignored).
+
+        Changed `epochs` without `milestones` scale the milestones (`scale_milestones`),
+        so the learning rate still decays at the same fractions of training.
+        """
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown recipe fields {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(self)]}")
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        changes = {k: v for k, v in changes.items() if v is not None}
+        epochs = changes.get("epochs")
+        if "milestones" not in changes and isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1:
+            changes["milestones"] = scale_milestones(self.milestones, self.epochs, epochs)
+        return dataclasses.replace(self, **changes)
 
     def initial_learning_rate(self, resnest):
         """The learning rate before the first milestone for a (non-)ResNEst."""
@@ -76,10 +77,14 @@ class Recipe:
 
     def schedule(self, resnest, steps_per_epoch):
         """The step-wise learning-rate schedule of this recipe."""
+        from nestzoo.optimizers import MultiStepSchedule
+
         return MultiStepSchedule(self.initial_learning_rate(resnest), steps_per_epoch, self.milestones, self.gamma)
 
     def optimizer(self, resnest, steps_per_epoch):
         """PyTorch-style SGD with this recipe's momentum, coupled decay and schedule."""
+        from nestzoo.optimizers import CoupledSGD
+
         return CoupledSGD(
             self.schedule(resnest, steps_per_epoch),
             momentum=float(self.momentum),
@@ -89,6 +94,16 @@ class Recipe:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+def scale_milestones(milestones, epochs, new_epochs):
+    """`milestones` of a run of `epochs` moved to one of `new_epochs`, at the same fractions.
+
+    Each m becomes floor(m * new_epochs / epochs), at least 1; rounding down keeps a
+    milestone that falls inside the run inside it. Milestones that land on the same
+    epoch are kept once: (15, 22, 27) of 30 epochs is (2, 3, 4) of 5 and (1,) of 2.
+    """
+    return tuple(dict.fromkeys(max(1, m * new_epochs // epochs) for m in milestones))
 
 
 RECIPES = {
@@ -105,60 +120,3 @@ def get_recipe(recipe="paper", **overrides):
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
     return RECIPES[recipe].override(**overrides)
-
-
-@keras.saving.register_keras_serializable(package="nestzoo")
-class MultiStepSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """lr * gamma ** (milestones passed), by epoch, as PyTorch's MultiStepLR.
-
-    Step s belongs to epoch s // steps_per_epoch (0-based); "after epoch 60" means
-    epochs 60, 61, ... use the reduced rate.
-    """
-
-    def __init__(self, initial_learning_rate, steps_per_epoch, milestones, gamma):
-        self.initial_learning_rate = float(initial_learning_rate)
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.milestones = tuple(int(m) for m in milestones)
-        self.gamma = float(gamma)
-
-    def __call__(self, step):
-        epoch = ops.floor_divide(ops.cast(step, "int32"), self.steps_per_epoch)
-        passed = sum(ops.cast(ops.greater_equal(epoch, m), "float32") for m in self.milestones)
-        return self.initial_learning_rate * ops.power(self.gamma, passed)
-
-    def get_config(self):
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "steps_per_epoch": self.steps_per_epoch,
-            "milestones": list(self.milestones),
-            "gamma": self.gamma,
-        }
-
-
-@keras.saving.register_keras_serializable(package="nestzoo")
-class CoupledSGD(keras.optimizers.SGD):
-    """SGD exactly as ``torch.optim.SGD`` (dampening 0) with coupled weight decay.
-
-    g <- g + wd * w;  b <- momentum * b + g;  w <- w - lr * (g + momentum * b) with
-    Nesterov momentum, w <- w - lr * b without. The decay acts on every trainable
-    variable, as in the reference. (Keras's own ``weight_decay`` is decoupled.)
-    """
-
-    def __init__(self, learning_rate=0.1, momentum=0.9, nesterov=True, coupled_weight_decay=5e-4, **kwargs):
-        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, **kwargs)
-        self.coupled_weight_decay = coupled_weight_decay
-
-    def update_step(self, gradient, variable, learning_rate):
-        learning_rate = ops.cast(learning_rate, variable.dtype)
-        gradient = ops.cast(gradient, variable.dtype)
-        if self.coupled_weight_decay:
-            gradient = ops.add(gradient, ops.multiply(variable, self.coupled_weight_decay))
-        step = gradient
-        if self.momentum != 0:
-            buffer = self.momentums[self._get_variable_index(variable)]
-            self.assign(buffer, ops.add(ops.multiply(buffer, self.momentum), gradient))
-            step = ops.add(gradient, ops.multiply(buffer, self.momentum)) if self.nesterov else buffer
-        self.assign_sub(variable, ops.multiply(step, learning_rate))
-
-    def get_config(self):
-        return {**super().get_config(), "coupled_weight_decay": self.coupled_weight_decay}

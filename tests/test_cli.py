@@ -1,9 +1,21 @@
-"""The nestzoo command, called in-process."""
+"""The nestzoo command, called in-process, and in subprocesses where start-up is what is tested."""
+import csv
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from nestzoo import cli
+from nestzoo.recipe import RECIPES, get_recipe, scale_milestones
+from nestzoo.training import report
+
+ROOT = Path(__file__).resolve().parents[1]
+# A line of TensorFlow's C++ log: "I0000 00:00:1795426178.647889   15179 port.cc:153] oneDNN ..."
+CPP_LOG = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] ", re.M)
 
 
 def run(capsys, *argv):
@@ -65,7 +77,7 @@ def test_train_then_evaluate(capsys, tmp_path):
     code, out = run(capsys, "export", str(run_dir / "model.keras"), str(served), "--dataset", "digits")
     assert code == 0 and (served / "saved_model.pb").is_file(), out
     code, out = run(capsys, "export", str(run_dir / "model.keras"), str(served))
-    assert code == 2 and "is not empty" in out
+    assert code == 2 and "is not empty" in out and "--overwrite" in out
 
     code, out = run(capsys, "train", "--variant", "resnest", "--output", str(output), "--verbose", "0")
     assert code == 2 and "holds another run's files; pass resume=True (--resume)" in out
@@ -91,4 +103,119 @@ def test_missing_data_is_one_clear_error(capsys, monkeypatch):
 
     monkeypatch.setattr(cli.training, "train_seeds", no_data)
     code, out = run(capsys, "train", "--dataset", "cifar10")
-    assert code == 2 and out.startswith("nestzoo train: error: cifar10 is not in ~/tensorflow_datasets")
+    assert code == 2 and "\nnestzoo train: error: cifar10 is not in ~/tensorflow_datasets" in out
+    assert "Traceback" not in out
+
+
+def test_data_options_reach_the_loader(capsys, monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_train_seeds(models, data, seeds, **kwargs):
+        seen.update(kwargs["data_options"])
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(cli.training, "train_seeds", fake_train_seeds)
+    run(capsys, "train", "--dataset", "cifar10", "--source", "~/cifar-10-batches-py", "--data-dir", "/d", "--no-download")
+    assert seen == {"source": "~/cifar-10-batches-py", "data_dir": "/d", "download": False}
+    code, out = run(capsys, "evaluate", "model.keras", "--dataset", "cifar100", "--data-dir", str(tmp_path),
+                    "--no-download")
+    assert code == 2 and f"CIFAR-100 is not prepared in {tmp_path / 'cifar100'}" in out and "download=False" in out
+
+
+LISTING = """
+import runpy, sys
+sys.argv[0] = "nestzoo"
+try:
+    runpy.run_module("nestzoo.cli", run_name="__main__")
+finally:
+    print("imported:", sorted(m for m in ("keras", "tensorflow", "tensorflow_datasets") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["models"], ["models", "wrn*"], ["train", "--help"]])
+def test_help_and_listing_import_no_tensorflow(argv):
+    result = subprocess.run([sys.executable, "-c", LISTING, *argv], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.stdout.splitlines()[-1] == "imported: []", result.stderr[-2000:]
+    assert "usage: nestzoo" in result.stdout or "wrn16-8.standard" in result.stdout
+
+
+def test_train_help_states_each_default_once(capsys):
+    code, out = run(capsys, "train", "--help")
+    text = " ".join(out.split())
+    assert code == 0 and "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: the test set, as the paper)" in text and "as the paper) (default" not in text
+    assert "(default: paper)" in text and "(default: resnet20)" in text and "(default: 0)" in text
+
+
+@pytest.mark.parametrize("recipe, epochs, expected", [
+    ("quick", 5, (2, 3, 4)),
+    ("paper", 30, (9, 18, 24)),
+    ("paper", 400, (120, 240, 320)),
+    ("quick", 2, (1,)),  # 15, 22 and 27 of 30 all land on epoch 1 of 2
+    ("quick", 30, (15, 22, 27)),
+])
+def test_milestones_scale_with_overridden_epochs(recipe, epochs, expected):
+    assert get_recipe(recipe, epochs=epochs).milestones == expected
+    assert scale_milestones(RECIPES[recipe].milestones, RECIPES[recipe].epochs, epochs) == expected
+    assert get_recipe(recipe, epochs=epochs, milestones=[1, 2]).milestones == (1, 2)  # given ones are kept
+
+
+def test_train_prints_and_records_the_milestones_with_tensorflow_quiet(tmp_path):
+    """A real `nestzoo train` process: the recipe it prints, what config.json records, no C++ start-up log."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", cli.TF_LOG_VARIABLE)}
+    result = subprocess.run(
+        [sys.executable, "-m", "nestzoo.cli", "train", "--recipe", "quick", "--epochs", "2", "--batch-size", "512",
+         "--output", str(tmp_path), "--verbose", "0"],
+        capture_output=True, text=True, timeout=600, env={**env, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 epochs, batch 512, learning rate 0.1 (0.01 for ResNEsts) x0.2 after epochs 1 (the recipe's " \
+           "15, 22, 27 of 30 epochs, scaled)" in result.stdout
+    assert not CPP_LOG.search(result.stderr) and "cuda drivers" not in result.stderr, result.stderr[-3000:]
+    run_dir = tmp_path / "resnet20.a-resnest" / "seed0"
+    assert json.loads((run_dir / "config.json").read_text())["recipe"]["milestones"] == [1]
+    rates = [float(row["learning_rate"]) for row in csv.DictReader(open(run_dir / "log.csv"))]
+    assert rates == pytest.approx([0.1, 0.02])
+
+    loud = subprocess.run([sys.executable, "-m", "nestzoo.cli", "summary", "resnet20.standard"], capture_output=True,
+                          text=True, timeout=600, env={**env, "PYTHONPATH": str(ROOT), cli.TF_LOG_VARIABLE: "1"})
+    assert loud.returncode == 0 and CPP_LOG.search(loud.stderr), loud.stderr[-3000:]
+
+
+def test_summary_into_a_file_is_not_cut_at_80_columns(capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)  # restored after the test
+    code, out = run(capsys, "summary", "resnet20.a-resnest")
+    lines = out.splitlines()
+    assert code == 0 and max(map(len, lines)) > 100
+    assert re.search(r"│ block\d+_\w+ \(BatchNormalization\) +│", out)  # a name and its type on one line
+    assert any("Total params:" in line for line in lines)
+
+
+def history(epochs=3):
+    return [{"epoch": e, "loss": 1 / e, "accuracy": 0.5, "val_loss": 1.2 / e, "val_accuracy": 0.4,
+             "learning_rate": 0.1 * 0.2 ** (e > 2)} for e in range(1, epochs + 1)]
+
+
+@pytest.mark.parametrize("validation, label", [("test", "test"), ("held out: last 143 training examples", "validation")])
+def test_curves_have_a_title_the_learning_rate_and_name_the_test_set(validation, label):
+    config = {"model": "resnet20.a-resnest", "data": "digits", "seed": 3, "validation": validation}
+    fig = report.curves_figure(history(), config)
+    assert fig._suptitle.get_text() == "resnet20.a-resnest on digits, seed 3"
+    loss, accuracy, rate = fig.axes
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["train", label]
+    assert rate.get_ylabel() == "learning rate" and list(rate.lines[0].get_ydata()) == pytest.approx([0.1, 0.1, 0.02])
+
+
+def test_results_of_a_single_seed_show_no_std(tmp_path):
+    def summary(variant, seed, accuracy):
+        return {"config": {"data": "digits", "arch": "resnet20", "variant": variant}, "seed": seed,
+                "test_accuracy": accuracy, "parameters": 272_282}
+
+    markdown = report.write_results([summary("standard", 0, 0.925)], tmp_path)
+    assert markdown.splitlines()[0] == "Test accuracy (%) on digits, one seed (parameters)"
+    assert "| resnet20 | 92.50 (0.27M) |" in markdown and "±" not in markdown
+    assert list(csv.DictReader(open(tmp_path / "results.csv")))[0]["accuracy_std"] == ""
+    mixed = report.results_markdown(report.results_rows(
+        [summary("standard", 0, 0.92), summary("standard", 1, 0.93), summary("resnest", 0, 0.9)]))
+    assert "over 1/2 seeds (parameters); one seed: no std" in mixed
+    assert "| resnet20 | 92.50 ± 0.71 (0.27M) | 90.00 (0.27M) |" in mixed

@@ -1,5 +1,6 @@
 """nestzoo.data pipelines: digits (offline), in-memory arrays, and CIFAR through tfds.testing.mock_data."""
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -61,6 +62,8 @@ def test_unknown_name_lists_the_choices():
     ({"validation": 1437}, "must leave both parts non-empty"),
     ({"source": "/tmp"}, "digits has no on-disk layout"),
     ({"source": [1, 2, 3]}, r"source must be None, a path, or arrays"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ({"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5"),
 ])
 def test_bad_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -275,3 +278,39 @@ def test_no_network_and_no_local_copy_is_one_clear_error(tmp_path, name, layout)
     message = str(raised.value)
     assert str(tmp_path / name) in message and "could not be downloaded" in message
     assert layout in message and "source=" in message
+
+
+OFFLINE = textwrap.dedent("""
+    import sys, time
+    import tensorflow, tensorflow_datasets  # imported first: the time measured is load's
+    from nestzoo import data
+    data.load  # imports the pipeline
+    start = time.perf_counter()
+    for data_dir in (None, sys.argv[1]):  # tfds's default folder (under $HOME), then a given one
+        try:
+            data.load("cifar10", data_dir=data_dir)
+        except data.DatasetNotFoundError as error:
+            print("error:", error)
+    print("seconds:", time.perf_counter() - start)
+""")
+
+
+def test_offline_first_contact_fails_fast_and_leaves_nothing_behind(tmp_path):
+    """No network (simulated by a proxy on a closed port): the helpful error at once, no folder created."""
+    with socket.socket() as probe:  # a local port that takes no connections
+        probe.bind(("127.0.0.1", 0))
+        proxy = "http://127.0.0.1:%d" % probe.getsockname()[1]
+    home, data_dir = tmp_path / "home", tmp_path / "data" / "tfds"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "tfds_data_dir")}
+    env.update(HOME=str(home), https_proxy=proxy, HTTPS_PROXY=proxy, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    result = subprocess.run([sys.executable, "-c", OFFLINE, str(data_dir)], capture_output=True, text=True,
+                            env=env, timeout=600)
+    errors = [line for line in result.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2, result.stdout + result.stderr[-3000:]
+    for error, where in zip(errors, (home / "tensorflow_datasets" / "cifar10", data_dir / "cifar10")):
+        assert f"CIFAR-10 is not prepared in {where} and could not be downloaded" in error
+        assert "cannot reach 127.0.0.1" in error and "source=<path>" in error and "cifar-10-batches-py" in error
+    assert float(result.stdout.split("seconds:")[1]) < 15
+    assert not (home / "tensorflow_datasets").exists() and not (tmp_path / "data").exists()

@@ -4,21 +4,30 @@
     train, test = data.load("cifar10")                  # tfds; the paper's preprocessing
     d = data.load("digits", 32, validation=0.1)         # offline; d.train, d.validation, d.test
     d = data.load("cifar10", source="~/.keras/datasets/cifar-10-batches-py")  # local files
-"""
-from nestzoo.data.catalog import DATASETS, DatasetSpec, get_spec
-from nestzoo.data.cifar_files import DatasetNotFoundError, read_cifar
-from nestzoo.data.pipeline import Datasets, augment_batch, channel_stats, load
-from nestzoo.data.sources import DIGITS_NUM_TRAIN
 
-__all__ = [
-    "DATASETS",
-    "DIGITS_NUM_TRAIN",
-    "DatasetNotFoundError",
-    "DatasetSpec",
-    "Datasets",
-    "augment_batch",
-    "channel_stats",
-    "get_spec",
-    "load",
-    "read_cifar",
-]
+The attributes are imported on first use (PEP 562): the catalog (`DATASETS`,
+`get_spec`) and `DatasetNotFoundError` without TensorFlow, so the ``nestzoo`` command
+reads them instantly; `load` and the pipelines import TensorFlow.
+"""
+import importlib
+
+_ATTRIBUTES = {
+    "nestzoo.data.catalog": ("DATASETS", "DatasetSpec", "get_spec"),
+    "nestzoo.data.cifar_files": ("DatasetNotFoundError", "read_cifar"),
+    "nestzoo.data.pipeline": ("Datasets", "augment_batch", "channel_stats", "load"),
+    "nestzoo.data.sources": ("DIGITS_NUM_TRAIN",),
+}
+_HOME = {name: module for module, names in _ATTRIBUTES.items() for name in names}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name):
+    if name not in _HOME:
+        raise AttributeError(f"module 'nestzoo.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

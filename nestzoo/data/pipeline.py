@@ -138,6 +138,8 @@ def load(name: str, batch_size: int = 128, *, source=None, data_dir=None, downlo
     seed: fixes the shuffling order and the augmentation of every epoch.
     """
     spec = get_spec(name)
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if standardize not in STANDARDIZE_CHOICES:
         raise ValueError(f"standardize must be one of {STANDARDIZE_CHOICES}, not {standardize!r}")
     examples = load_examples(spec, source, data_dir=data_dir, download=download)

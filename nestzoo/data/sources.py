@@ -6,6 +6,11 @@ Every loader returns `Examples`: (train, test) `tf.data.Dataset`s of single
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import threading
+import urllib.parse
+import urllib.request
 from typing import NamedTuple
 
 import numpy as np
@@ -48,23 +53,70 @@ def _from_arrays(splits, spec, where: str):
                     _tensor_slices(test_images, test_labels, spec, f"{where} (test)"), in_memory=True)
 
 
+def _unreachable(url, timeout=5.0):
+    """Why `url`'s host (or the proxy that reaches it) takes no connection within `timeout` s; None if it does."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = None if urllib.request.proxy_bypass(parts.hostname) else urllib.request.getproxies().get(parts.scheme)
+    target = urllib.parse.urlsplit(proxy) if proxy else parts
+    address = (target.hostname, target.port or (443 if target.scheme == "https" else 80))
+    outcome = []
+
+    def connect():  # in a thread: name resolution has no timeout of its own
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(f"cannot reach {address[0]}:{address[1]} ({type(error).__name__}: {error})")
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no answer from {address[0]}:{address[1]} within {timeout:g} s"
+
+
 def _tfds(spec, data_dir, download):
+    """tfds's prepared copy; else a download, tried only when its host answers.
+
+    A failed download removes the folders it created (the data folder, the data
+    set's folder, ``downloads/``), so a machine without network is told at once
+    and left as it was.
+    """
     import tensorflow_datasets as tfds
 
+    root = os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR)
+    where = os.path.join(root, spec.name)
+
+    def load(download):
+        return tfds.load(spec.name, split=["train", "test"], as_supervised=True,
+                         shuffle_files=False, data_dir=data_dir, download=download)
+
     try:
-        splits = tfds.load(spec.name, split=["train", "test"], as_supervised=True,
-                           shuffle_files=False, data_dir=data_dir, download=download)
-    except Exception as error:  # tfds fails in many ways (no files, no network, ...)
-        where = os.path.join(data_dir or tfds.core.constants.DATA_DIR, spec.name)
+        return Examples(*load(download=False), in_memory=False)
+    except Exception as error:  # tfds fails in many ways (no files, bad files, ...)
+        reason = f"tfds said {type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+        if not download:
+            raise _not_prepared(spec, where, download, reason) from error
+    reason = _unreachable(spec.url)
+    if reason:
+        raise _not_prepared(spec, where, download, reason)
+    new = [path for path in (root, where, os.path.join(root, "downloads")) if not os.path.exists(path)]
+    try:
+        return Examples(*load(download=True), in_memory=False)
+    except Exception as error:
+        for path in new:
+            shutil.rmtree(path, ignore_errors=True)
         cause = (str(error).splitlines() or [""])[0]
-        raise DatasetNotFoundError(
-            f"{spec.title} is not prepared in {where} and could not be downloaded "
-            f"(download={download}; tfds said {type(error).__name__}: {cause}). "
-            f"With network access, nestzoo.data.load({spec.name!r}) downloads it there once "
-            "(data_dir= or $TFDS_DATA_DIR change the folder). Without network, copy it from "
-            f"another machine and pass source=<path>. {accepted_layouts(spec)}."
-        ) from error
-    return Examples(*splits, in_memory=False)
+        raise _not_prepared(spec, where, download, f"tfds said {type(error).__name__}: {cause}") from error
+
+
+def _not_prepared(spec, where, download, reason):
+    return DatasetNotFoundError(
+        f"{spec.title} is not prepared in {where} and could not be downloaded "
+        f"(download={download}; {reason}). "
+        f"With network access, nestzoo.data.load({spec.name!r}) downloads it there once "
+        "(data_dir= or $TFDS_DATA_DIR change the folder). Without network, copy it from "
+        f"another machine and pass source=<path>. {accepted_layouts(spec)}."
+    )
 
 
 def _digits(spec, data_dir, download):

@@ -5,27 +5,31 @@
     training.train("resnet20.resnest", "digits", "quick", output_dir="runs/b", epochs=5, resume=True)
     training.train_seeds(["resnet20.standard", "resnet20.a-resnest"], "cifar10", seeds=range(7),
                          output_dir="runs/table1")                                  # results.md / .csv
-"""
-from nestzoo.training.experiments import evaluate, train_seeds
-from nestzoo.recipe import RECIPES, CoupledSGD, MultiStepSchedule, Recipe, get_recipe
-from nestzoo.training.report import results_markdown, results_rows, write_results
-from nestzoo.training.run import TrainingDiverged, train
-from nestzoo.training.runtime import PRECISIONS, resolve_jit_compile, resolve_precision
 
-__all__ = [
-    "PRECISIONS",
-    "RECIPES",
-    "CoupledSGD",
-    "MultiStepSchedule",
-    "Recipe",
-    "TrainingDiverged",
-    "evaluate",
-    "get_recipe",
-    "resolve_jit_compile",
-    "resolve_precision",
-    "results_markdown",
-    "results_rows",
-    "train",
-    "train_seeds",
-    "write_results",
-]
+The attributes are imported on first use (PEP 562), so the ``nestzoo`` command reads
+the recipe and precision names without importing TensorFlow.
+"""
+import importlib
+
+_ATTRIBUTES = {
+    "nestzoo.training.experiments": ("evaluate", "train_seeds"),
+    "nestzoo.optimizers": ("CoupledSGD", "MultiStepSchedule"),
+    "nestzoo.recipe": ("RECIPES", "Recipe", "get_recipe"),
+    "nestzoo.training.report": ("results_markdown", "results_rows", "write_results"),
+    "nestzoo.training.run": ("TrainingDiverged", "train"),
+    "nestzoo.training.runtime": ("PRECISIONS", "resolve_jit_compile", "resolve_precision"),
+}
+_HOME = {name: module for module, names in _ATTRIBUTES.items() for name in names}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name):
+    if name not in _HOME:
+        raise AttributeError(f"module 'nestzoo.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import keras
 
+from nestzoo import optimizers  # noqa: F401  (registers CoupledSGD and MultiStepSchedule for load_model)
 from nestzoo.training import report
 from nestzoo.training.run import loss_for, train
 

@@ -38,24 +38,43 @@ def summarize(config, state, test_loss, test_accuracy):
     }
 
 
-def plot_curves(history, path):
-    """A PNG with the training and validation loss and accuracy per epoch."""
+def curves_figure(history, config):
+    """The loss, the accuracy and the learning rate per epoch, titled with the run's model, data and seed.
+
+    The validation curve is labelled "test" when the test set validates (the paper's protocol).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    validation = "test" if config["validation"] == "test" else "validation"
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
-        for prefix, label in (("", "train"), ("val_", "validation")):
+        for prefix, label in (("", "train"), ("val_", validation)):
             if prefix + metric in history[0]:
-                ax.plot(epochs, [row[prefix + metric] for row in history], label=label)
-        ax.set_xlabel("epoch")
+                ax.plot(epochs, [row[prefix + metric] for row in history], marker=".", label=label)
         ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
         ax.legend()
+    axes[2].step(epochs, [row["learning_rate"] for row in history], where="post", marker=".")
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("learning rate")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{config['model']} on {config['data']}, seed {config['seed']}")
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(history, path, config):
+    """Save `curves_figure` as a PNG."""
+    from matplotlib import pyplot as plt
+
+    fig = curves_figure(history, config)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -66,7 +85,10 @@ def _millions(parameters):
 
 
 def results_rows(summaries):
-    """One row per (data, arch, variant): test accuracy mean and sample std over seeds, in %."""
+    """One row per (data, arch, variant): test accuracy mean and sample std over seeds, in %.
+
+    The std of a single seed is undefined: None (an empty cell in results.csv).
+    """
     groups = {}
     for s in summaries:
         key = (s["config"]["data"], s["config"]["arch"], s["config"]["variant"])
@@ -81,10 +103,23 @@ def results_rows(summaries):
             "seeds": " ".join(str(r["seed"]) for r in runs),
             "runs": len(runs),
             "accuracy_mean": statistics.fmean(accuracies),
-            "accuracy_std": statistics.stdev(accuracies) if len(runs) > 1 else 0.0,
+            "accuracy_std": statistics.stdev(accuracies) if len(runs) > 1 else None,
             "parameters": runs[0]["parameters"],
         })
     return rows
+
+
+def _seeds_heading(data, runs):
+    """The line above a data set's table, saying over how many seeds the std is taken."""
+    if runs == [1]:
+        return f"Test accuracy (%) on {data}, one seed (parameters)"
+    heading = f"Test accuracy (%) on {data}: mean ± sample std over {'/'.join(map(str, runs))} seeds (parameters)"
+    return heading + ("; one seed: no std" if 1 in runs else "")
+
+
+def _cell(row):
+    std = "" if row["accuracy_std"] is None else f" ± {row['accuracy_std']:.2f}"
+    return f"{row['accuracy_mean']:.2f}{std} ({_millions(row['parameters'])})"
 
 
 def results_markdown(rows):
@@ -93,17 +128,14 @@ def results_markdown(rows):
     for data in dict.fromkeys(r["data"] for r in rows):
         table = [r for r in rows if r["data"] == data]
         variants = list(dict.fromkeys(r["variant"] for r in table))
-        runs = sorted({r["runs"] for r in table})
         lines += [
-            f"Test accuracy (%) on {data}: mean ± sample std over {'/'.join(map(str, runs))} seeds "
-            "(parameters)",
+            _seeds_heading(data, sorted({r["runs"] for r in table})),
             "",
             "| arch | " + " | ".join(variants) + " |",
             "|---" * (len(variants) + 1) + "|",
         ]
         for arch in dict.fromkeys(r["arch"] for r in table):
-            cells = {r["variant"]: f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f} ({_millions(r['parameters'])})"
-                     for r in table if r["arch"] == arch}
+            cells = {r["variant"]: _cell(r) for r in table if r["arch"] == arch}
             lines.append(f"| {arch} | " + " | ".join(cells.get(v, "") for v in variants) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -67,11 +67,11 @@ def _publish(src, dst):
 class _Data:
     """The splits of a data set and what the model builder needs to know about them."""
 
-    def __init__(self, data, batch_size, seed, validation):
+    def __init__(self, data, batch_size, seed, validation, data_options):
         if isinstance(data, str):
             from nestzoo import data as nestzoo_data
 
-            data = nestzoo_data.load(data, batch_size, seed=seed, validation=validation)
+            data = nestzoo_data.load(data, batch_size, seed=seed, validation=validation, **(data_options or {}))
         if isinstance(data, (tuple, list)):
             if len(data) not in (2, 3) or not all(isinstance(d, tf.data.Dataset) for d in data):
                 raise ValueError("data must be a data set name, nestzoo.data.Datasets, or (train, test) "
@@ -239,7 +239,8 @@ def _check_run_dir(run_dir, config, resume):
 
 
 def train(model, data="digits", recipe="paper", *, output_dir, seed=0, precision="auto", jit_compile=None,
-          strategy=None, resume=False, validation=None, model_options=None, verbose="auto", **overrides):
+          strategy=None, resume=False, validation=None, model_options=None, data_options=None, verbose="auto",
+          **overrides):
     """Train `model` on `data` with `recipe` into `output_dir`; returns the run's summary.
 
     model: a registry name ("resnet20.a-resnest", built for the data), a function
@@ -249,6 +250,7 @@ def train(model, data="digits", recipe="paper", *, output_dir, seed=0, precision
         ``nestzoo.data.Datasets``, or (train, test) / (train, validation, test) batched
         tf.data datasets. The best weights are chosen on the validation split (the
         test set unless `validation` holds part of the training set out).
+        `data_options` go to ``nestzoo.data.load`` with a name (source=, data_dir=, download=).
     recipe: "paper" (appendix B.3), "quick", or a ``Recipe``; `overrides` change its
         fields (epochs=..., learning_rate=..., milestones=..., ...).
     precision: "auto" (mixed_float16 on a GPU, else float32), "float32",
@@ -268,7 +270,7 @@ def train(model, data="digits", recipe="paper", *, output_dir, seed=0, precision
     run_dir = Path(output_dir)
 
     keras.utils.set_random_seed(seed)
-    data = _Data(data, recipe.batch_size, seed, validation)
+    data = _Data(data, recipe.batch_size, seed, validation, data_options)
     built = _build_model(model, data, policy, strategy, model_options)
     model_name = model if isinstance(model, str) else built.name
     model = built
@@ -309,7 +311,7 @@ def train(model, data="digits", recipe="paper", *, output_dir, seed=0, precision
     test_loss, test_accuracy = model.evaluate(data.test, verbose=0)
     model.save(run_dir / "model.keras")
     summary = report.summarize(config, run_state.state, test_loss, test_accuracy)
-    report.plot_curves(run_state.state["history"], run_dir / "curves.png")
+    report.plot_curves(run_state.state["history"], run_dir / "curves.png", config)
     _atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     shutil.rmtree(run_dir / "checkpoint")
     return summary

@@ -7,16 +7,17 @@ layer is float32 under every policy.
 
 XLA: on by default on GPUs, off on CPUs, where the oneDNN kernels that nestzoo
 turns on (``TF_ENABLE_ONEDNN_OPTS=1``, see the README) train faster without it.
+
+TensorFlow and Keras are imported by the functions, so `PRECISIONS` is read without them.
 """
 import contextlib
-
-import keras
-import tensorflow as tf
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 def has_gpu():
+    import tensorflow as tf
+
     return bool(tf.config.list_physical_devices("GPU"))
 
 
@@ -37,6 +38,8 @@ def resolve_jit_compile(jit_compile=None):
 @contextlib.contextmanager
 def dtype_policy(policy):
     """Build models under a global dtype policy, restoring the previous one after."""
+    import keras
+
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
