@@ -249,19 +249,24 @@ class WidthHyperModel(keras_tuner.HyperModel):
         lr = hp.Float("learning_rate", *space.learning_rate, sampling="log") if space.learning_rate else None
         return widths, space.stage_features(k), lr
 
-    def build(self, hp):
+    def model(self, hp):
+        """The trial's network (no condition check)."""
         widths, features, _ = self.values(hp)
         space = self.space
         shape = {"width": widths, "blocks": space.blocks, "features": features}
         if space.family == "image":
             shape["block"] = space.block
         head = {"classes": self.classes} if self.outputs is None else {"outputs": self.outputs}
-        model = build_model("resnet", space.variant, "mlp" if space.family == "vector" else None,
-                            input_shape=self.input_shape, **head, **shape)
+        return build_model("resnet", space.variant, "mlp" if space.family == "vector" else None,
+                           input_shape=self.input_shape, **head, **shape)
+
+    def build(self, hp):
+        """The trial's network; a guard refuses (as a failed trial) one whose layers violate the condition."""
+        model = self.model(hp)
         condition = theory.bottleneck_condition(model)
-        if not condition and not space.allow_violations:
+        if not condition and not self.space.allow_violations:
             raise keras_tuner.errors.FailedTrialError(
-                f"widths {widths} violate the bottleneck condition (margin {condition.margin}); not trained")
+                f"{model.name} violates the bottleneck condition (margin {condition.margin}); not trained")
         return model
 
     def fit(self, hp, model, x, *args, epochs=1, **kwargs):
@@ -428,8 +433,11 @@ def _fingerprint(hypermodel, tuner, objective, epochs):
 
 
 def _prepare_directory(directory, fingerprint, resume, overwrite, worker):
-    """Create the sweep directory, or refuse one that holds a sweep the call would mix up with."""
-    path = directory / SPACE_FILE
+    """Create the sweep directory, or refuse one holding a sweep that this call would mix up with.
+
+    A worker joins whatever sweep of the same search space is there (its chief's).
+    """
+    path, started = directory / SPACE_FILE, (directory / PROJECT / "oracle.json").exists()
     if path.exists():
         stored = json.loads(path.read_text())
         if stored != fingerprint and not (overwrite and not worker):
@@ -438,21 +446,25 @@ def _prepare_directory(directory, fingerprint, resume, overwrite, worker):
                              "differ); use another directory, or overwrite=True (--overwrite) to replace it")
         if overwrite and not worker:
             shutil.rmtree(directory)
-        elif not (resume or worker):
+        elif started and not (resume or worker):
             raise ValueError(f"{directory} already holds this sweep; resume=True (--resume) continues it, "
                              "overwrite=True (--overwrite) starts it again")
     directory.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        path.write_text(json.dumps(fingerprint, indent=1))
+        tmp = path.with_name(f"{SPACE_FILE}.{os.getpid()}")
+        tmp.write_text(json.dumps(fingerprint, indent=1))
+        os.replace(tmp, path)
 
 
 @dataclasses.dataclass
 class Sweep:
-    """A sweep's report: `rows` (one dict per trial) and the files written in `directory`."""
+    """A sweep's report: `rows` (one dict per trial), the files written in `directory`, and the
+    keras-tuner `tuner` (``tuner.load_model(trial)`` gives a trial's trained model)."""
 
     directory: Path
     rows: list
     objective: str
+    tuner: object = None
     outcome: str = "finished"
     best_model: Path = None
 
@@ -489,6 +501,9 @@ def run_sweep(space, data, directory, *, tuner="random", objective="val_accuracy
     if not patience > 0:
         raise ValueError(f"patience must be > 0 seconds, got {patience!r}")
     train, val, input_shape, data_classes = load_data(data, batch_size, seed, validation)
+    if space.family == "vector" and len(input_shape) == 3:  # images as vectors in R^(h w c)
+        train, val = (d.map(lambda x, y: (tf.reshape(x, (tf.shape(x)[0], -1)), y)) for d in (train, val))
+        input_shape = (math.prod(input_shape),)
     if outputs is None:
         classes = classes or data_classes
         if classes is None:
@@ -506,7 +521,7 @@ def run_sweep(space, data, directory, *, tuner="random", objective="val_accuracy
         searcher.guard.start()
         searcher.search(train, validation_data=val, epochs=epochs, verbose=verbose)
         searcher.guard.stopped.set()
-        return Sweep(directory, [], objective, outcome="worker done")
+        return Sweep(directory, [], objective, searcher, outcome="worker done")
     searcher.oracle.max_trials = max_trials  # Hyperband: caps its brackets
     log = _OracleLog(searcher.oracle, directory / EVENTS_FILE)
     outcome = "finished"
@@ -543,9 +558,9 @@ def report_rows(searcher, hypermodel, directory):
     for trial_id, trial in sorted(searcher.oracle.trials.items()):
         hp = trial.hyperparameters
         widths, features, lr = hypermodel.values(hp.copy())
-        condition = hypermodel.condition(widths, features)
         keras.backend.clear_session()
-        parameters = hypermodel.build(hp.copy()).count_params() if condition.holds or hypermodel.space.allow_violations else None
+        model = hypermodel.model(hp.copy())
+        condition = theory.bottleneck_condition(model)
         starts = [e for e in events if e["trial"] == trial_id and e["event"] == "start"]
         losses = [e for e in events if e["trial"] == trial_id and e["event"] == "lost"]
         join = lambda v: "/".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731
@@ -554,7 +569,7 @@ def report_rows(searcher, hypermodel, directory):
             "status": trial.status, "M": join(widths), "K": join(features),
             "learning_rate": "" if lr is None else f"{lr:.3g}",
             "epochs": hp.values.get("tuner/epochs", ""), "margin": condition.margin,
-            "condition": "holds" if condition.holds else "violated", "parameters": parameters,
+            "condition": "holds" if condition.holds else "violated", "parameters": model.count_params(),
             "score": "" if trial.score is None or math.isnan(trial.score) else round(float(trial.score), 4),
             "note": _note(trial, starts, losses, condition.holds),
         })
@@ -602,7 +617,7 @@ def write_report(searcher, hypermodel, directory, objective, outcome="finished")
         writer.writerows(rows)
     (directory / "report.md").write_text(_markdown(rows, objective))
     plot(rows, objective, directory / "score_vs_width.png", hypermodel.space)
-    sweep = Sweep(directory, rows, objective, outcome)
+    sweep = Sweep(directory, rows, objective, searcher, outcome)
     best = searcher.oracle.get_best_trials(1)
     if best and best[0].status == TrialStatus.COMPLETED:
         try:
