@@ -19,8 +19,8 @@ from nestzoo import theory, tuning
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IN, L, K_MAX = 5, 3, 4
-# Image sweeps through the CLI: stages of 2, 1, 1 basic blocks, K = 2, M in [2, 6] (raised to 3), 1 epoch.
-TINY_IMAGE = ["--blocks", "2", "1", "1", "--features", "2", "--width", "2", "6", "--epochs", "1", "--verbose", "0"]
+# Image sweeps through the CLI: stages of 2, 1, 1 basic blocks, K = 2, M in [2, 12] (raised to 3), 1 epoch.
+TINY_IMAGE = ["--blocks", "2", "1", "1", "--features", "2", "--width", "2", "12", "--epochs", "1", "--verbose", "0"]
 
 
 @pytest.fixture(scope="module")
