@@ -228,3 +228,13 @@ def test_a_worker_killed_mid_trial_is_reported_and_its_trial_rerun(distributed):
     # re-run by tuner0 unless tuner0 had already been told to stop
     assert row["status"] == "COMPLETED" and row["worker"] == "tuner1/tuner0" or row["status"] != "COMPLETED"
     assert ended_after < 2 * patience + 60
+
+
+def test_a_worker_whose_chief_is_gone_stops_within_patience(tmp_path):
+    worker = _tune(*TINY_IMAGE, "--output", str(tmp_path / "s"), "--patience", "3",
+                   "--worker", f"127.0.0.1:{_free_port()}", "--worker-id", "tuner0")
+    try:
+        output = worker.communicate(timeout=120)[0]
+    finally:
+        _stop([worker])
+    assert worker.returncode == 3 and "the chief has not answered for 3 s; worker tuner0 stops" in output
