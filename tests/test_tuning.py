@@ -238,3 +238,19 @@ def test_a_worker_whose_chief_is_gone_stops_within_patience(tmp_path):
     finally:
         _stop([worker])
     assert worker.returncode == 3 and "the chief has not answered for 3 s; worker tuner0 stops" in output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tuner", "grid"], "unknown tuner 'grid'; valid choices: random, bayesian, hyperband"),
+    (["--width", "20", "16"], "width (M): min > max (20 > 16)"),
+    (["--blocks", "4", "4", "4", "--features", "8", "--width", "4", "16"],
+     "no M in [4, 16] satisfies the bottleneck condition M >= sum K_i for blocks=(4, 4, 4), K=(8, 8, 8): "
+     "these depths need M >= 25"),
+])
+def test_the_command_reports_bad_input(tmp_path, capsys, args, message):
+    from nestzoo import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["tune", "--output", str(tmp_path / "s"), *args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "s" / tuning.PROJECT).exists()
