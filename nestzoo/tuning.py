@@ -19,6 +19,11 @@ on a violating network. ``allow_violations=True`` keeps the ranges as given, for
 studying the paper's diminishing feature reuse; those trials are marked in the
 report. As a guard, `WidthHyperModel.build` also checks the built model itself.
 
+**Resumable.** Started again on the same directory with ``resume=True``,
+keras-tuner reloads the sweep: finished trials are kept, the interrupted one re-runs.
+keras-tuner writes its state files in place; nestzoo makes those writes atomic, so a
+SIGKILL at any moment leaves a state that reloads.
+
 **Distributed.** keras-tuner's own chief/worker mode (``KERASTUNER_TUNER_ID``,
 ``KERASTUNER_ORACLE_IP``, ``KERASTUNER_ORACLE_PORT``; ``nestzoo tune --chief`` /
 ``--worker`` set them). keras-tuner alone lets a worker wait up to an hour for a chief
@@ -45,6 +50,7 @@ import keras
 import keras_tuner
 import tensorflow as tf
 from keras_tuner.src.distribute import oracle_chief
+from keras_tuner.src import utils as kt_utils
 from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.engine.trial import TrialStatus
 
@@ -156,6 +162,30 @@ class WidthSpace:
 
     def to_dict(self):
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+_save_json = kt_utils.save_json
+
+
+def _atomic_save_json(path, obj):
+    """keras-tuner's ``save_json``, written under a temporary name and renamed.
+
+    keras-tuner writes its state files (oracle, trials, tuner) in place, so a SIGKILL
+    during a write leaves a truncated JSON file that its reload cannot read; renaming
+    makes every state on disk a complete one. Remote paths ("gs://...") keep
+    keras-tuner's own writer.
+    """
+    if "://" in str(path):
+        return _save_json(path, obj)
+    text = json.dumps(obj)
+    tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return text
+
+
+kt_utils.save_json = _atomic_save_json
 
 
 def _first(predicate, low, high):
@@ -537,8 +567,14 @@ def run_sweep(space, data, directory, *, tuner="random", objective="val_accuracy
 
 
 def _events(directory):
-    path = directory / EVENTS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    """The trial events; a line cut short by a kill is skipped."""
+    path, events = directory / EVENTS_FILE, []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
 
 
 def _note(trial, starts, losses, holds):
