@@ -9,7 +9,8 @@ live in their own modules.
 Where each box of the paper's figures lives: ``specs`` (what a backbone is),
 ``registry`` (named architectures, variants and their heads), ``blocks`` (eq. 1's
 G_i and W_i, eq. 8's Q_i), ``backbones`` (W_0 and the blocks), ``heads`` (eqs. 2, 4
-and 9), ``builders`` (the public builders), ``basis`` (the taps v_i, x_i).
+and 9), ``builders`` (the public builders), ``basis`` (the taps v_i, x_i), ``theory``
+(the paper's conditions and bounds on a trained model).
 
 The package's attributes are imported on first use (PEP 562), so ``import nestzoo``
 and the ``nestzoo`` command start without loading Keras and TensorFlow.
@@ -28,12 +29,13 @@ _ATTRIBUTES = {
     "nestzoo.builders": ("AResNEst", "BNResNEst", "DenseNEst", "DenseNet", "ResNEst", "ResNet"),
     "nestzoo.basis": ("basis_layers", "basis_model"),
     "nestzoo.heads": ("variant_of",),
-    "nestzoo.linalg": ("assumption4", "block_weights", "bottleneck_condition", "densenest_to_resnest",
-                       "linear_maps", "set_block_weights", "set_linear_maps"),
+    "nestzoo.linalg": ("block_weights", "densenest_to_resnest", "linear_maps", "set_block_weights",
+                       "set_linear_maps"),
     "nestzoo.optimizers": ("CoupledSGD", "MultiStepSchedule"),
     "nestzoo.recipe": ("RECIPES", "Recipe", "get_recipe"),
     "nestzoo.registry": ("ARCHS", "HEADS", "create_model", "list_models"),
     "nestzoo.specs": ("DenseNetSpec", "ResNetSpec", "VectorDenseNetSpec", "VectorResNetSpec"),
+    "nestzoo.theory": ("assumption4", "bottleneck_condition"),
 }
 _HOME = {name: module for module, names in _ATTRIBUTES.items() for name in names}
 __all__ = sorted(_HOME)

@@ -199,6 +199,102 @@ def _add_data_options(command):
                          help="use only a copy tensorflow-datasets prepared already; never download")
 
 
+def _tune(args):
+    import os
+
+    if args.chief and args.worker:
+        raise ValueError("give --chief or --worker, not both")
+    address = args.chief or args.worker
+    if address:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--chief/--worker take HOST:PORT, e.g. 127.0.0.1:8000; got {address!r}")
+        tuner_id = "chief" if args.chief else args.worker_id
+        if args.worker and (not tuner_id or "chief" in tuner_id):
+            raise ValueError("a worker needs --worker-id, a unique name without 'chief' (e.g. tuner0)")
+        os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=port)
+    from nestzoo import tuning
+
+    stages = None if args.family == "vector" else len(args.blocks)
+    widths = args.width
+    if len(widths) % 2 or (len(widths) > 2 and len(widths) != 2 * (stages or 1)):
+        raise ValueError(f"--width takes MIN MAX (one M), or MIN MAX per stage ({stages} stages); got {widths}")
+    width = tuple(widths) if len(widths) == 2 else tuple(zip(widths[::2], widths[1::2]))
+    features = None if args.feature_range else args.features
+    space = tuning.WidthSpace(
+        family=args.family, variant=args.variant, blocks=args.blocks[0] if args.family == "vector" else tuple(args.blocks),
+        block=args.block, width=width, ratios=tuple(args.ratios), learning_rate=args.lr_range and tuple(args.lr_range),
+        features=features and (features[0] if args.family == "vector" or len(features) == 1 else tuple(features)),
+        feature_range=args.feature_range and tuple(args.feature_range), allow_violations=args.allow_violations)
+    output = args.output or time.strftime("sweeps/%Y%m%d-%H%M%S")
+    sweep = tuning.run_sweep(space, args.dataset, output, tuner=args.tuner, objective=args.objective,
+                             max_trials=args.max_trials, epochs=args.epochs, batch_size=args.batch_size,
+                             validation=args.validation, seed=args.seed, resume=args.resume,
+                             overwrite=args.overwrite, patience=args.patience, verbose=args.verbose)
+    if args.worker:
+        print(f"worker {args.worker_id}: the chief has no more trials; the report is the chief's")
+        return
+    print("\n" + sweep.markdown)
+    print(f"sweep in {output}/ (report.csv, report.md, score_vs_width.png"
+          + (", best_model.keras)" if sweep.best_model else "; no trial completed)"))
+    if sweep.outcome == "abandoned":
+        raise TrainingStopped(f"no worker was heard from for {args.patience:g} s; the report holds the trials so far")
+
+
+class TrainingStopped(RuntimeError):
+    """A distributed sweep ended before all its trials ran."""
+
+
+def _add_tune(sub):
+    tune = sub.add_parser(
+        "tune", help="keras-tuner sweep of the expansion width M that honours the bottleneck condition",
+        description="Search M (and K, the learning rate) of a ResNet-family network with keras-tuner. The M range "
+                    "is raised to the smallest width for which the bottleneck condition M >= sum K_i (Section 3.2) "
+                    "holds on the whole search space, so every trained trial satisfies it (--allow-violations keeps "
+                    "the range as given and marks violating trials). Each trial trains with the recipe's CoupledSGD "
+                    "and multi-step schedule scaled to --epochs. The output directory gets report.csv, report.md, "
+                    "score_vs_width.png and best_model.keras. Distributed (keras-tuner's chief/worker mode): one "
+                    "process with --chief HOST:PORT, workers with --worker HOST:PORT --worker-id NAME and the same "
+                    "arguments; every process ends by itself within --patience seconds of its peers going silent.",
+        formatter_class=_HelpFormatter)
+    tune.add_argument("--dataset", choices=sorted(DATASETS), default="digits", help="data set (digits needs no download)")
+    tune.add_argument("--validation", type=_fraction_or_count, default=0.1,
+                      help="fraction or count of the training set held out to score the trials")
+    tune.add_argument("--family", choices=("image", "vector"), default="image",
+                      help="image: stages of residual blocks; vector: arch='mlp' on the flattened images")
+    tune.add_argument("--variant", default="a-resnest", help="standard, resnest, bn-resnest or a-resnest")
+    tune.add_argument("--blocks", type=int, nargs="+", default=[2, 2, 2],
+                      help="blocks per stage (image) or L (vector: one number)")
+    tune.add_argument("--block", choices=("basic", "pointwise"), default="basic", help="residual block type (image)")
+    tune.add_argument("--width", type=int, nargs="+", default=[4, 32], metavar="MIN MAX",
+                      help="M range: MIN MAX for one M (stage s gets M * ratio s), or MIN MAX per stage")
+    tune.add_argument("--ratios", type=int, nargs="+", default=[1, 2, 4], help="stage multipliers of M (and of a searched K)")
+    tune.add_argument("--features", type=int, nargs="+", default=[4],
+                      help="fixed K: one, or one per stage (ignored with --feature-range)")
+    tune.add_argument("--feature-range", type=int, nargs=2, metavar=("MIN", "MAX"), help="search K in this range")
+    tune.add_argument("--lr-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                      help="search the initial learning rate (log scale); default the recipe's")
+    tune.add_argument("--allow-violations", action="store_true",
+                      help="keep the M range as given: violating widths train and are marked in the report")
+    tune.add_argument("--tuner", default="random", help="random, bayesian or hyperband (epochs = its max_epochs)")
+    tune.add_argument("--objective", default="val_accuracy", help="val_accuracy or val_loss")
+    tune.add_argument("--max-trials", type=int, default=4, help="trials in the sweep")
+    tune.add_argument("--epochs", type=int, default=2, help="epochs per trial")
+    tune.add_argument("--batch-size", type=int, default=64, help="batch size")
+    tune.add_argument("--seed", type=int, default=1, help="seed of the tuner and the data order")
+    tune.add_argument("--output", help="sweep directory (default sweeps/<date-time>)")
+    tune.add_argument("--resume", action="store_true", help="continue the sweep in --output (finished trials are kept)")
+    tune.add_argument("--overwrite", action="store_true", help="replace the sweep in --output")
+    tune.add_argument("--chief", metavar="HOST:PORT", help="run keras-tuner's chief oracle, serving on HOST:PORT")
+    tune.add_argument("--worker", metavar="HOST:PORT", help="run trials for the chief at HOST:PORT")
+    tune.add_argument("--worker-id", help="this worker's unique name (KERASTUNER_TUNER_ID), e.g. tuner0")
+    tune.add_argument("--patience", type=float, default=60.0,
+                      help="seconds of silence after which a worker stops, the chief re-queues a worker's trial, "
+                           "and a chief with no trial running and no worker ends")
+    tune.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0, help="Keras progress")
+    tune.set_defaults(run=_tune)
+
+
 def parser():
     """The argument parser of every ``nestzoo`` subcommand."""
     p = argparse.ArgumentParser(
@@ -214,6 +310,7 @@ def parser():
     summary.add_argument("--classes", type=int, default=10, help="outputs of the predictor (default 10)")
     summary.set_defaults(run=_summary)
     _add_train(sub)
+    _add_tune(sub)
     evaluate = sub.add_parser("evaluate", help="test accuracy of a saved .keras model on a data set",
                               formatter_class=_HelpFormatter)
     evaluate.add_argument("model", help="a .keras file, e.g. runs/<date-time>/resnet20.a-resnest/seed0/model.keras")
@@ -241,7 +338,7 @@ def main(argv=None):
         args.run(args)
     except (ValueError, DatasetNotFoundError) as error:
         p.exit(2, f"nestzoo {args.command}: error: {error}\n")
-    except training.TrainingDiverged as error:
+    except (training.TrainingDiverged, TrainingStopped) as error:
         p.exit(1, f"nestzoo {args.command}: {error}\n")
 
 

@@ -98,31 +98,6 @@ def set_block_weights(model, i, weights):
         layer.set_weights([np.asarray(a).T, np.asarray(c)])
 
 
-def _residual_basis(model):
-    """[W_0, ..., W_{L-1}] of a vector-valued ResNEst, the maps of Assumption 4."""
-    maps, L = linear_maps(model), _num_blocks(model)
-    if "W0" not in maps:
-        raise ValueError(
-            "a DenseNEst needs no width condition (Proposition 3); "
-            "nestzoo.densenest_to_resnest gives its ResNEst, which satisfies both (Proposition 4)"
-        )
-    return [maps[f"W{i}"] for i in range(L)]
-
-
-def bottleneck_condition(model):
-    """Section 3.2's bottleneck condition M >= sum_{i=0}^{L-1} K_i (K_0 = N_in), read off
-    the matrices: returns (M, the sum, whether it holds)."""
-    basis = _residual_basis(model)
-    width, total = basis[0].shape[0], sum(w.shape[1] for w in basis)
-    return width, total, width >= total
-
-
-def assumption4(model, tol=None):
-    """Assumption 4: [W_0 W_1 ... W_{L-1}] has full column rank (numerical rank with `tol`)."""
-    stacked = np.concatenate(_residual_basis(model), axis=1)
-    return int(np.linalg.matrix_rank(stacked, tol=tol)) == stacked.shape[1]
-
-
 def densenest_to_resnest(model):
     """Proposition 4 (proof A.8): the wide ResNEst equal to a vector-valued DenseNEst.
 

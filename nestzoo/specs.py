@@ -113,22 +113,6 @@ class ResNetSpec(_Stages):
                 i += 1
                 yield i, stage, width, features, 2 if stage > 0 and b == 0 else 1
 
-    def bottleneck_condition(self, input_channels=3):
-        """Section 3.2's bottleneck condition M >= sum_{i=0}^{L-1} K_i, stage by stage.
-
-        Within a stage the residual space has width M and the stage's input plays the
-        role of v_0 (K_0 = its channels); the network's last block is excluded, as in
-        the sum's upper limit L-1. Returns a list of (M, sum of K, holds) per stage.
-        """
-        result = []
-        stage_input = input_channels
-        for stage, (n, width, features) in enumerate(zip(self.blocks, self.width, self.features)):
-            last_stage = stage == len(self.blocks) - 1
-            total = stage_input + features * (n - 1 if last_stage else n)
-            result.append((width, total, width >= total))
-            stage_input = width
-        return result
-
 
 @dataclasses.dataclass(frozen=True)
 class DenseNetSpec(_Stages):
@@ -222,11 +206,6 @@ class VectorResNetSpec(_VectorSpec):
 
     def __post_init__(self):
         self._validate(**{"width M": self.width, "blocks L": self.blocks, "features K": self.features})
-
-    def bottleneck_condition(self, input_dim):
-        """Section 3.2: M >= sum_{i=0}^{L-1} K_i with K_0 = N_in; returns (M, the sum, holds)."""
-        total = input_dim + self.features * (self.blocks - 1)
-        return self.width, total, self.width >= total
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 
 import nestzoo
 from nestzoo import layers as nz_layers
-from nestzoo import registry
+from nestzoo import registry, theory
 
 TINY = dict(blocks=1, width=(4, 8, 8), input_shape=(8, 8, 3))
 
@@ -93,9 +93,41 @@ def test_bottleneck_block_and_custom_features():
 
 
 def test_bottleneck_condition():
-    assert not any(holds for *_, holds in nestzoo.ARCHS["resnet20"].bottleneck_condition())
+    condition = nestzoo.bottleneck_condition(nestzoo.ARCHS["resnet20"])  # 3 input channels by default
+    assert not condition and condition.required_width == (3 + 2 * 16, 16 + 2 * 32, 32 + 2 * 64)
+    assert [s.holds for s in condition.stages] == [False] * 3
     wide = nestzoo.ResNetSpec(blocks=(3,), width=(64,), features=(8,), block="pointwise")
-    assert wide.bottleneck_condition(input_channels=3) == [(64, 3 + 2 * 8, True)]
+    (stage,) = nestzoo.bottleneck_condition(wide, input_shape=(8, 8, 3)).stages
+    assert (stage.width, stage.features, stage.total, stage.margin, stage.holds) == (64, (3, 8, 8), 19, 45, True)
+    # a model's actual widths: stage 1's v_0 is the pre-activated stage input (K_0 = 64) read by
+    # the projection shortcut; the last block of the network is not in the inverse problem
+    model = nestzoo.ResNEst(blocks=(3, 2), width=(64, 96), features=(8, 16), block="pointwise", input_shape=(8, 8, 2))
+    condition = nestzoo.bottleneck_condition(model)
+    assert [(s.width, s.features, s.blocks) for s in condition.stages] == [(64, (2, 8, 8), (1, 2)), (96, (64, 16), (4,))]
+    assert condition and condition.margin == 96 - 80
+    with pytest.raises(ValueError, match="Proposition 3"):
+        nestzoo.bottleneck_condition(nestzoo.ARCHS["densenet40-12"])
+    with pytest.raises(ValueError, match="not a nestzoo model"):
+        nestzoo.bottleneck_condition(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+
+
+def test_assumption4_on_image_networks():
+    # pointwise W_i and the projection shortcut are 1x1: one per-pixel matrix per stage
+    model = nestzoo.ResNEst(blocks=(1, 2), width=(8, 24), features=(2, 4), block="pointwise", input_shape=(4, 4, 1))
+    final = nestzoo.assumption4(model).stages[-1]
+    assert final.grid == "per pixel" and (final.rows, final.columns) == (24, 8 + 4) and final.holds
+    # a 3x3 W_i: the zero-padded convolution operator on the stage's grid, checked against Keras's convolution
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 2, 5))
+    v = np.random.default_rng(1).normal(size=(1, 4, 6, 2))
+    conv = keras.ops.convert_to_numpy(keras.ops.conv(v.astype("float32"), kernel.astype("float32"), padding="same"))
+    np.testing.assert_allclose(theory.conv_operator(kernel, (4, 6)) @ v.reshape(-1), conv.reshape(-1), atol=1e-5)
+    basic = nestzoo.ResNEst(blocks=2, width=(12,), features=(4,), input_shape=(4, 4, 3))  # M = 12 >= 3 + 4
+    result = nestzoo.assumption4(basic)
+    assert result and result.stages[0].grid == (4, 4) and result.columns == 16 * 7
+    small = nestzoo.assumption4(basic, max_columns=100)  # the budget shrinks the grid, not below 3x3
+    assert small.stages[0].grid == (3, 3) and small.columns == 9 * 7
+    narrow = nestzoo.assumption4(nestzoo.ResNEst(blocks=2, width=(6,), features=(4,), input_shape=(4, 4, 3)))
+    assert not narrow and narrow.rank <= 16 * 6 < narrow.columns
 
 
 def test_stride2_padding_is_symmetric_like_pytorch():

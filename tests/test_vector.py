@@ -100,17 +100,23 @@ def test_hand_built_scalar_resnet_computes_absolute_value():
 
 def test_bottleneck_condition_and_assumption4():
     wide = nestzoo.ResNEst(outputs=1, **RES)  # M = 16 >= 5 + 2 * 4
-    assert nestzoo.bottleneck_condition(wide) == (16, 13, True)
-    assert nestzoo.VectorResNetSpec(width=16, blocks=3, features=4).bottleneck_condition(5) == (16, 13, True)
-    assert nestzoo.assumption4(wide)
+    condition = nestzoo.bottleneck_condition(wide)
+    assert condition and condition.stages[0].features == (5, 4, 4) and condition.margin == 16 - 13
+    assert condition == nestzoo.bottleneck_condition(nestzoo.VectorResNetSpec(width=16, blocks=3, features=4), (5,))
+    rank = nestzoo.assumption4(wide)
+    assert rank and (rank.rank, rank.columns) == (13, 13) and rank.smallest_singular_value > rank.tolerance
     maps = nestzoo.linear_maps(wide)
     nestzoo.set_linear_maps(wide, {"W2": maps["W0"][:, :4]})  # W_2's columns repeat W_0's
-    assert not nestzoo.assumption4(wide)
+    rank = nestzoo.assumption4(wide)
+    assert not rank and rank.rank == 9 and rank.smallest_singular_value <= rank.tolerance
     narrow = nestzoo.AResNEst(**{**RES, "width": 8}, outputs=1)
-    assert nestzoo.bottleneck_condition(narrow) == (8, 13, False)
+    condition = nestzoo.bottleneck_condition(narrow)
+    assert not condition and condition.required_width == (13,) and condition.margin == -5
     assert not nestzoo.assumption4(narrow)  # 13 columns in R^8
     with pytest.raises(ValueError, match="Proposition 3"):
         nestzoo.assumption4(nestzoo.DenseNEst(outputs=1, **DENSE))
+    with pytest.raises(ValueError, match="input_shape"):
+        nestzoo.bottleneck_condition(nestzoo.VectorResNetSpec(width=16, blocks=3, features=4))
     with pytest.raises(ValueError, match="not a vector-valued nestzoo model"):
         nestzoo.linear_maps(nestzoo.ResNEst(blocks=1, width=4, input_shape=(4, 4, 1)))
 
@@ -134,7 +140,7 @@ def test_proposition4_densenest_equals_a_wide_resnest(build, kwargs):
     np.testing.assert_allclose(resnest.predict(x, verbose=0), densenest.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
     maps = nestzoo.linear_maps(resnest)
     np.testing.assert_array_equal(np.concatenate([maps[f"W{i}"] for i in range(4)], axis=1), np.eye(17))  # Pi_i
-    assert nestzoo.bottleneck_condition(resnest)[2] and nestzoo.assumption4(resnest)
+    assert nestzoo.bottleneck_condition(resnest) and nestzoo.assumption4(resnest)
     with pytest.raises(ValueError, match="not a vector-valued DenseNEst"):
         nestzoo.densenest_to_resnest(resnest)
 
