@@ -1,8 +1,12 @@
-"""The paper's pre-activation ResNet written in PyTorch, timed for comparison.
+"""The paper's CIFAR networks written in PyTorch: the reference for tests and timings.
 
-The same network as ``nestzoo.ResNet(arch)`` (the reference implementation's
-blocks), trained with the same step: SGD with Nesterov momentum 0.9, coupled weight
-decay 5e-4, cross-entropy. Used by train_throughput.py (CPU) and gpu_throughput.py.
+Built from the description of the paper's reference implementation (REFERENCE.md,
+"CIFAR architectures of the reference implementation"), not from nestzoo's code:
+one pre-activation backbone and the four heads (Standard, ResNEst, BN-ResNEst,
+A-ResNEst). tests/test_torch_reference.py copies these networks' weights into
+nestzoo's models and requires equal outputs; train_throughput.py (CPU) and
+gpu_throughput.py time the standard one trained with the paper's step: SGD with
+Nesterov momentum 0.9, coupled weight decay 5e-4, cross-entropy.
 """
 import time
 
@@ -10,36 +14,80 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nestzoo import specs
-
 AUTOCAST = {"mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16}
+
+# arch -> (blocks per stage, width M per stage)
+ARCHS = {
+    "resnet20": ((3, 3, 3), (16, 32, 64)),
+    "resnet110": ((18, 18, 18), (16, 32, 64)),
+    "wrn16-8": ((2, 2, 2), (128, 256, 512)),
+    "wrn40-4": ((6, 6, 6), (64, 128, 256)),
+}
+VARIANTS = ("standard", "resnest", "bn-resnest", "a-resnest")
 
 
 class Block(nn.Module):
-    """The pre-activation basic block of nestzoo (and of the paper's reference)."""
+    """Pre-activation basic block; returns (x_i, v_i), x_i None without W_i (``residual=False``)."""
 
-    def __init__(self, cin, cout, stride):
+    def __init__(self, cin, cout, stride, residual=True):
         super().__init__()
         self.bn1, self.bn2 = nn.BatchNorm2d(cin), nn.BatchNorm2d(cout)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False) if residual else None
+        project = residual and (stride != 1 or cin != cout)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if project else None
 
     def forward(self, x):
         y = F.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(y)
-        return self.conv2(F.relu(self.bn2(self.conv1(y)))) + shortcut
+        v = F.relu(self.bn2(self.conv1(y)))
+        if self.conv2 is None:
+            return None, v
+        return self.conv2(v) + (x if self.shortcut is None else self.shortcut(y)), v
+
+
+class ReferenceResNet(nn.Module):
+    """`variant` of the CIFAR pre-activation ResNet `arch` on `in_channels`-channel images."""
+
+    def __init__(self, arch, variant="standard", classes=10, in_channels=3):
+        super().__init__()
+        if arch not in ARCHS or variant not in VARIANTS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)} and variant one of {', '.join(VARIANTS)}; "
+                             f"got {arch!r}, {variant!r}")
+        self.variant = variant
+        depths, widths = ARCHS[arch]
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)  # W_0
+        strides = [2 if stage and j == 0 else 1 for stage, depth in enumerate(depths) for j in range(depth)]
+        outs = [width for depth, width in zip(depths, widths) for _ in range(depth)]
+        ins = [widths[0]] + outs[:-1]
+        augmented = variant == "a-resnest"  # the last block loses W_L
+        self.blocks = nn.ModuleList(
+            Block(cin, cout, stride, residual=not (augmented and i == len(outs) - 1))
+            for i, (cin, cout, stride) in enumerate(zip(ins, outs, strides))
+        )
+        self.final_bn = nn.BatchNorm2d(outs[-1]) if variant in ("standard", "bn-resnest") else None
+        if augmented:  # H_0..H_L on the pooled v_0..v_L, eq. (4)
+            self.heads = nn.ModuleList(nn.Linear(c, classes) for c in [in_channels] + outs)
+        else:
+            self.linear = nn.Linear(outs[-1], classes)  # W_{L+1}
+
+    def forward(self, x):
+        features = [x]  # v_0 = x
+        x = self.stem(x)
+        for block in self.blocks:
+            x, v = block(x)
+            features.append(v)
+        if self.variant == "a-resnest":
+            return sum(head(v.mean((2, 3))) for head, v in zip(self.heads, features))
+        if self.final_bn is not None:
+            x = self.final_bn(x)
+        if self.variant == "standard":
+            x = F.relu(x)
+        return self.linear(x.mean((2, 3)))
 
 
 def reference_resnet(arch, classes=10):
-    """The standard pre-activation ResNet of a registered (basic-block) arch."""
-    spec = specs.get_spec(arch, "resnet")
-    layers, width_in = [nn.Conv2d(3, spec.widths[0], 3, 1, 1, bias=False)], spec.widths[0]
-    for _, _, width, _, stride in spec.stage_blocks():
-        layers.append(Block(width_in, width, stride))
-        width_in = width
-    return nn.Sequential(*layers, nn.BatchNorm2d(width_in), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(width_in, classes))
+    """The standard pre-activation ResNet of `arch`."""
+    return ReferenceResNet(arch, "standard", classes)
 
 
 def images_per_second(arch, batch_size, steps, warmup, device="cpu", precision="float32"):

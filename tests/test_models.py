@@ -1,8 +1,4 @@
 """The ResNet-family builders: architecture, porting details, heads, taps, bad input."""
-import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
@@ -36,7 +32,8 @@ def test_parameter_counts_equal_reference(arch):
 
 def test_usage_line_and_spellings():
     model = nestzoo.AResNEst(arch="wrn40-4", classes=100)
-    assert model.output_shape == (None, 100)
+    # 90 more classes on every head H_0..H_18: inputs 3 + 6 * (64 + 128 + 256), plus a bias each
+    assert trainable(model) == REFERENCE_COUNTS["wrn40-4"][3] + 90 * (3 + 6 * (64 + 128 + 256) + 19)
     for typed in ("WRN-40-4", "wrn_40_4", "Wrn 40-4"):
         assert registry.get_spec(typed) is nestzoo.ARCHS["wrn40-4"]
     for typed in ("ResNet-110", "resnet-110", "RESNET110"):
@@ -317,20 +314,3 @@ def test_weights_of_a_trained_compiled_model_load(tmp_path):
     with pytest.raises(ValueError, match="does not fit .* holds 39 model variables, the architecture has 35"):
         nestzoo.ResNEst(weights=path, **TINY)
 
-
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_builds_under_other_backends(backend):
-    pytest.importorskip(backend, reason=f"the {backend} backend is not installed here; CI runs TensorFlow")
-    script = textwrap.dedent(
-        """
-        import numpy as np, keras, nestzoo
-        assert keras.backend.backend() == "{backend}"
-        for build in (nestzoo.ResNet, nestzoo.AResNEst):
-            model = build(blocks=1, width=(4, 8, 8), input_shape=(8, 8, 3))
-            assert model.predict(np.ones((2, 8, 8, 3), "float32"), verbose=0).shape == (2, 10)
-        print("ok")
-        """
-    ).format(backend=backend)
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

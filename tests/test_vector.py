@@ -44,7 +44,20 @@ def test_regression_and_classification_outputs(build, kwargs):
 def test_scalar_width_one(build, kwargs):
     sizes = dict(width=1, features=1) if "width" in kwargs else dict(features=1)
     model = build(**{**kwargs, **sizes, "input_shape": (1,)}, outputs=1)
-    assert model.predict(inputs(dim=1), verbose=0).shape == (8, 1)
+    x = inputs(dim=1)
+    taps, maps = nestzoo.basis_model(model)(x), nestzoo.linear_maps(model)
+    if "H0" in maps:  # eq. (4)
+        expected = sum(np.asarray(taps[f"v{i}"]) @ maps[f"H{i}"].T for i in range(4)) + maps["b"]
+    else:  # the head on x_L: BN (inference), ReLU, W_{L+1}
+        r = np.asarray(taps["x3"])
+        names = {layer.name for layer in model.layers}
+        if "final_bn" in names:
+            gamma, beta, mean, var = model.get_layer("final_bn").get_weights()
+            r = (r - mean) / np.sqrt(var + 1e-5) * gamma + beta
+        if "final_relu" in names:
+            r = np.maximum(r, 0)
+        expected = r @ maps["W4"].T + maps["b"]
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("build,kwargs", VARIANTS, ids=IDS)
