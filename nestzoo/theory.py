@@ -2,6 +2,9 @@
 
 * `bottleneck_condition`: Section 3.2's M >= sum_{i=0}^{L-1} K_i, stage by stage.
 * `assumption4`: the numerical rank of [W_0 ... W_{L-1}] from the actual weights.
+* `erlb`: Proposition 2's empirical-risk lower bound, R, A and epsilon = R - A.
+* `block_risks` (drawn by `plot_block_risks`): the best affine predictor's risk on
+  x_i and on v_0..v_i, block by block, and on the input (Corollary 2, Proposition 3).
 
 How a multi-stage image network maps onto the single-stage theory
 -----------------------------------------------------------------
