@@ -333,36 +333,33 @@ CE_FTOL = 1e-12  # L-BFGS's relative-decrease tolerance
 CE_MAX_ITER = 1000
 
 
-class _Summary:
-    """Builds the keras layers that summarize a tapped tensor into the vector a convex fit reads."""
+def _summary_layer(mode, stride=1, name=None):
+    """A keras layer that summarizes a tapped tensor into the vector a convex fit reads."""
+    import keras
 
-    @staticmethod
-    def layer(mode, stride=1, name=None):
-        import keras
+    class Summary(keras.layers.Layer):
+        """``flat``: flattened. Vectors pass through. Images: ``mean`` = global average pool; ``border`` = the
+        mean, the means of the first and last rows and columns, and the four corner pixels
+        (9 C numbers), whose span holds GAP(W * v) for every 3x3 zero-padded W (see `erlb`).
+        `stride` first takes the pixels a strided 1x1 convolution reads."""
 
-        class Summary(keras.layers.Layer):
-            """``flat``: flattened. Vectors pass through. Images: ``mean`` = global average pool; ``border`` = the
-            mean, the means of the first and last rows and columns, and the four corner pixels
-            (9 C numbers), whose span holds GAP(W * v) for every 3x3 zero-padded W (see `erlb`).
-            `stride` first takes the pixels a strided 1x1 convolution reads."""
+        def call(self, x):
+            ops = keras.ops
+            if mode == "flat":
+                return ops.reshape(x, (ops.shape(x)[0], -1))
+            if len(x.shape) == 2:
+                return x
+            if stride > 1:
+                x = x[:, ::stride, ::stride, :]
+            mean = ops.mean(x, axis=(1, 2))
+            if mode == "mean":
+                return mean
+            parts = [mean, ops.mean(x[:, 0], axis=1), ops.mean(x[:, -1], axis=1),
+                     ops.mean(x[:, :, 0], axis=1), ops.mean(x[:, :, -1], axis=1),
+                     x[:, 0, 0], x[:, 0, -1], x[:, -1, 0], x[:, -1, -1]]
+            return ops.concatenate(parts, axis=-1)
 
-            def call(self, x):
-                ops = keras.ops
-                if mode == "flat":
-                    return ops.reshape(x, (ops.shape(x)[0], -1))
-                if len(x.shape) == 2:
-                    return x
-                if stride > 1:
-                    x = x[:, ::stride, ::stride, :]
-                mean = ops.mean(x, axis=(1, 2))
-                if mode == "mean":
-                    return mean
-                parts = [mean, ops.mean(x[:, 0], axis=1), ops.mean(x[:, -1], axis=1),
-                         ops.mean(x[:, :, 0], axis=1), ops.mean(x[:, :, -1], axis=1),
-                         x[:, 0, 0], x[:, 0, -1], x[:, -1, 0], x[:, -1, -1]]
-                return ops.concatenate(parts, axis=-1)
-
-        return Summary(name=name)
+    return Summary(name=name)
 
 
 def _probe(model, taps):
@@ -375,7 +372,7 @@ def _probe(model, taps):
 
     outputs = {"logits": model.get_layer("logits").output}
     for key, (tensor, mode, stride) in taps.items():
-        outputs[key] = _Summary.layer(mode, stride, name=f"summary_{key}")(tensor)
+        outputs[key] = _summary_layer(mode, stride, name=f"summary_{key}")(tensor)
     return keras.Model(model.input, outputs, name=f"{model.name}_probe")
 
 
