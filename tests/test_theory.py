@@ -187,3 +187,18 @@ def test_data_as_a_tf_dataset_or_a_name(digits):
     assert theory.erlb(model, batched, max_iter=1).R == pytest.approx(theory.erlb(model, digits, max_iter=1).R, rel=1e-6)
     by_name = theory.erlb(model, "digits", max_iter=1)  # the training split, unaugmented
     assert by_name.examples == nestzoo.data.DIGITS_NUM_TRAIN
+
+
+def test_cli_analyze_writes_the_report_beside_the_model(tmp_path, capsys):
+    import json
+
+    from nestzoo import cli
+
+    model = nestzoo.ResNEst(blocks=(1,), width=(4,), features=(2,), input_shape=(8, 8, 1), classes=10)
+    model.save(tmp_path / "model.keras")
+    cli.main(["analyze", str(tmp_path), "--dataset", "digits", "--max-iter", "50"])
+    out = capsys.readouterr().out
+    assert "stage 0: M = 4 >= sum K = 1 = 1" in out and "epsilon = R - A" in out and "block i" in out
+    report = json.loads((tmp_path / "model_theory.json").read_text())
+    assert report["erlb"]["epsilon"] >= 0 and len(report["block_risks"]["blocks"]) == 2
+    assert (tmp_path / "model_theory.png").stat().st_size > 1000
