@@ -35,7 +35,7 @@ _ATTRIBUTES = {
     "nestzoo.recipe": ("RECIPES", "Recipe", "get_recipe"),
     "nestzoo.registry": ("ARCHS", "HEADS", "create_model", "list_models"),
     "nestzoo.specs": ("DenseNetSpec", "ResNetSpec", "VectorDenseNetSpec", "VectorResNetSpec"),
-    "nestzoo.theory": ("assumption4", "bottleneck_condition"),
+    "nestzoo.theory": ("assumption4", "block_risks", "bottleneck_condition", "erlb"),
 }
 _HOME = {name: module for module, names in _ATTRIBUTES.items() for name in names}
 __all__ = sorted(_HOME)

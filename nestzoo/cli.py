@@ -149,6 +149,47 @@ def _export(args):
     print(f"SavedModel written to {directory} (endpoint serve, signature serving_default)")
 
 
+def _analyze(args):
+    """The theory report of a saved model (nestzoo.theory): condition, Assumption 4, R, A, epsilon, block risks."""
+    import dataclasses
+    import json
+    import os
+
+    import keras
+
+    from nestzoo import builders, theory  # noqa: F401  (builders registers nestzoo's objects for loading)
+
+    path = os.path.join(args.model, "model.keras") if os.path.isdir(args.model) else args.model
+    if not os.path.isfile(path):
+        raise ValueError(f"{args.model!r} is neither a .keras file nor a run directory holding model.keras")
+    model = keras.saving.load_model(path)
+    report = {"model": path, "dataset": args.dataset}
+    try:
+        condition, rank = theory.bottleneck_condition(model), theory.assumption4(model)
+        report.update(bottleneck_condition=dataclasses.asdict(condition), assumption4=dataclasses.asdict(rank))
+        for s, r in zip(condition.stages, rank.stages):
+            print(f"stage {s.stage}: M = {s.width} {'>=' if s.holds else '<'} sum K = {' + '.join(map(str, s.features))}"
+                  f" = {s.total} (margin {s.margin}); Assumption 4: rank {r.rank}/{r.columns} on grid {r.grid}, "
+                  f"smallest singular value {r.smallest_singular_value:.3g} (tolerance {r.tolerance:.2g})")
+    except ValueError as error:  # a DenseNEst: Proposition 3 needs no width condition
+        print(f"bottleneck condition / Assumption 4: {error}")
+    try:
+        bound = theory.erlb(model, args.dataset, batch_size=args.batch_size, max_iter=args.max_iter)
+        report["erlb"] = dataclasses.asdict(bound)
+        print(f"Proposition 2 ({bound.loss}, {bound.examples} training examples): R = {bound.R:.6g}, "
+              f"A = {bound.A:.6g}, epsilon = R - A = {bound.epsilon:.6g}")
+    except ValueError as error:  # an A-ResNEst is its own bound; a standard head is not linear in the features
+        print(f"Proposition 2: {error}")
+    risks = theory.block_risks(model, args.dataset, batch_size=args.batch_size, max_iter=args.max_iter)
+    report["block_risks"] = dataclasses.asdict(risks)
+    print(risks.table())
+    stem = os.path.splitext(path)[0] + "_theory"
+    theory.plot_block_risks(risks, stem + ".png", title=f"{model.name} on {args.dataset}")
+    with open(stem + ".json", "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    print(f"wrote {stem}.png and {stem}.json")
+
+
 def _add_train(sub):
     train = sub.add_parser(
         "train", help="train models with the paper's recipe (appendix B.3), one run per model and seed",
@@ -326,6 +367,17 @@ def parser():
                         help="build in this data set's standardization, so the endpoint takes uint8 images")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     export.set_defaults(run=_export)
+    analyze = sub.add_parser(
+        "analyze", help="the paper's theory on a saved model: bottleneck condition, Assumption 4, "
+                        "Proposition 2's lower bound (R, A, epsilon) and the block-by-block risks",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    analyze.add_argument("model", help="a run directory holding model.keras, or a .keras file")
+    analyze.add_argument("--dataset", choices=sorted(DATASETS), default="digits",
+                         help="data set whose training split (unaugmented) the risks are computed on")
+    analyze.add_argument("--batch-size", type=int, default=256, help="batch size of the feature pass")
+    analyze.add_argument("--max-iter", type=int, default=1000,
+                         help="L-BFGS iterations per cross-entropy fit (an unconverged fit's risk bounds its optimum above)")
+    analyze.set_defaults(run=_analyze)
     return p
 
 

@@ -2,6 +2,9 @@
 
 * `bottleneck_condition`: Section 3.2's M >= sum_{i=0}^{L-1} K_i, stage by stage.
 * `assumption4`: the numerical rank of [W_0 ... W_{L-1}] from the actual weights.
+* `erlb`: Proposition 2's empirical-risk lower bound, R, A and epsilon = R - A.
+* `block_risks` (drawn by `plot_block_risks`): the best affine predictor's risk on
+  x_i and on v_0..v_i, block by block, and on the input (Corollary 2, Proposition 3).
 
 How a multi-stage image network maps onto the single-stage theory
 -----------------------------------------------------------------
@@ -315,3 +318,416 @@ def assumption4(model, tol=None, max_columns=2048):
         operator = np.concatenate([conv_operator(k, (h, w)) for k in kernels], axis=1)
         stages.append(_rank(s["stage"], operator, (h, w), tol))
     return Assumption4(tuple(stages))
+
+
+# ---------------------------------------------------------------------------------------
+# Proposition 2 and the block-by-block risks: convex fits on frozen features
+# ---------------------------------------------------------------------------------------
+
+LOSSES = ("squared_error", "cross_entropy")
+_LOSS_NAMES = {"squared_error": "squared_error", "mse": "squared_error", "mean_squared_error": "squared_error",
+               "cross_entropy": "cross_entropy", "categorical_crossentropy": "cross_entropy",
+               "sparse_categorical_crossentropy": "cross_entropy"}
+CE_TOLERANCE = 1e-9  # L-BFGS's projected-gradient tolerance for cross-entropy fits (standardized features)
+CE_FTOL = 1e-12  # L-BFGS's relative-decrease tolerance
+CE_MAX_ITER = 1000
+
+
+def _summary_layer(mode, stride=1, name=None):
+    """A keras layer that summarizes a tapped tensor into the vector a convex fit reads."""
+    import keras
+
+    class Summary(keras.layers.Layer):
+        """``flat``: flattened. Vectors pass through. Images: ``mean`` = global average pool; ``border`` = the
+        mean, the means of the first and last rows and columns, and the four corner pixels
+        (9 C numbers), whose span holds GAP(W * v) for every 3x3 zero-padded W (see `erlb`).
+        `stride` first takes the pixels a strided 1x1 convolution reads."""
+
+        def call(self, x):
+            ops = keras.ops
+            if mode == "flat":
+                return ops.reshape(x, (ops.shape(x)[0], -1))
+            if len(x.shape) == 2:
+                return x
+            if stride > 1:
+                x = x[:, ::stride, ::stride, :]
+            mean = ops.mean(x, axis=(1, 2))
+            if mode == "mean":
+                return mean
+            parts = [mean, ops.mean(x[:, 0], axis=1), ops.mean(x[:, -1], axis=1),
+                     ops.mean(x[:, :, 0], axis=1), ops.mean(x[:, :, -1], axis=1),
+                     x[:, 0, 0], x[:, 0, -1], x[:, -1, 0], x[:, -1, -1]]
+            return ops.concatenate(parts, axis=-1)
+
+    return Summary(name=name)
+
+
+def _probe(model, taps):
+    """A keras.Model on the model's input whose outputs are {key: summary of a tapped tensor}.
+
+    taps: {key: (tensor, mode, stride)}; ``logits`` (the predictor's output before its
+    activation) is always added.
+    """
+    import keras
+
+    outputs = {"logits": model.get_layer("logits").output}
+    for key, (tensor, mode, stride) in taps.items():
+        outputs[key] = _summary_layer(mode, stride, name=f"summary_{key}")(tensor)
+    return keras.Model(model.input, outputs, name=f"{model.name}_probe")
+
+
+def _loss_of(model, loss):
+    """The loss the tools fit: given, or read from the output activation."""
+    if loss is not None:
+        if loss not in _LOSS_NAMES:
+            raise ValueError(f"unsupported loss {loss!r}: the theory tools fit {' or '.join(LOSSES)} "
+                             "(Assumption 2: convex and differentiable in the prediction)")
+        return _LOSS_NAMES[loss]
+    activation = model.get_layer("predictions").get_config()["activation"]
+    if activation == "softmax":
+        return "cross_entropy"
+    if activation == "linear":
+        return "squared_error"
+    raise ValueError(f"unsupported loss: model {model.name!r} ends in a {activation!r} activation; the theory tools "
+                     "fit softmax classifiers (cross_entropy) and regressors with no output activation "
+                     "(squared_error); pass loss= for a logits classifier")
+
+
+def _check_nestzoo(model):
+    from nestzoo.heads import variant_of
+
+    names = {layer.name for layer in getattr(model, "layers", ())}
+    family_variant = variant_of(model) if names else None
+    if family_variant is None or "logits" not in names or "predictions" not in names:
+        raise ValueError(f"{getattr(model, 'name', type(model).__name__)!r} is not a nestzoo model with its top: it "
+                         "needs the feature taps 'input', 'expansion', 'block{i}_features' and the predictor "
+                         "'logits'/'predictions' (build it with nestzoo.ResNEst and friends, include_top=True)")
+    return family_variant
+
+
+def _batches(data, batch_size):
+    """(x, y) numpy batches of `data`: (x, y) arrays, a nestzoo.data.Datasets or data set name (its
+    training split, unaugmented), or a finite batched tf.data dataset of (x, y)."""
+    if isinstance(data, str):
+        from nestzoo.data import load
+
+        data = load(data, batch_size, augment=False)
+    if hasattr(data, "train") and hasattr(data, "spec"):
+        data = data.train
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(hasattr(a, "shape") for a in data):
+        x, y = (np.asarray(a) for a in data)
+        if len(x) != len(y):
+            raise ValueError(f"x and y have different numbers of examples: {len(x)} and {len(y)}")
+        return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    import tensorflow as tf
+
+    if isinstance(data, tf.data.Dataset):
+        if data.cardinality() == tf.data.INFINITE_CARDINALITY:
+            raise ValueError("the tf.data dataset is infinite (a repeat()?); give a finite one")
+        if not isinstance(data.element_spec, tuple) or len(data.element_spec) != 2:
+            raise ValueError("the tf.data dataset must yield (x, y) batches")
+        return ((x.numpy(), y.numpy()) for x, y in data)
+    raise ValueError("data must be (x, y) numpy arrays, a nestzoo.data.Datasets, a data set name or a finite batched "
+                     f"tf.data dataset of (x, y); got {type(data).__name__}")
+
+
+def _collect(model, probe, data, loss, batch_size):
+    """Run `probe` over the data in batches: ({key: float64 array}, targets), validated."""
+    expected = tuple(model.input.shape[1:])
+    outputs = model.get_layer("logits").output.shape[-1]
+    parts, targets = {}, []
+    for x, y in _batches(data, batch_size):
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(f"data of shape {tuple(x.shape[1:])} per example does not fit model {model.name!r}, "
+                             f"which takes {expected}")
+        if len(x) != len(y):
+            raise ValueError(f"a batch has {len(x)} inputs but {len(y)} targets")
+        for key, value in probe(x.astype("float32"), training=False).items():
+            parts.setdefault(key, []).append(np.asarray(value, dtype=np.float64))
+        targets.append(np.asarray(y))
+    if not targets or sum(len(t) for t in targets) == 0:
+        raise ValueError("the data set is empty")
+    y = np.concatenate(targets)
+    if loss == "cross_entropy":
+        if y.ndim == 2 and y.shape[1] == outputs:
+            y = y.argmax(axis=1)
+        y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+        if y.ndim != 1 or not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0 or y.max() >= outputs:
+            raise ValueError(f"cross-entropy targets must be labels in 0..{outputs - 1} (or one-hot of {outputs}); "
+                             f"got shape {y.shape}")
+        y = y.astype(np.int64)
+    else:
+        y = y.reshape(len(y), -1).astype(np.float64)
+        if y.shape[1] != outputs:
+            raise ValueError(f"model {model.name!r} has {outputs} outputs; the targets have {y.shape[1]}")
+    return {key: np.concatenate(value) for key, value in parts.items()}, y
+
+
+def risk(predictions, y, loss):
+    """The empirical risk (1/N) sum_n l(y_hat^n, y^n) of eq. (3)/(5): squared error summed over
+    the outputs, or the softmax cross-entropy of logits (float64, log-sum-exp)."""
+    from scipy.special import logsumexp
+
+    if loss == "squared_error":
+        return float(np.mean(np.sum((predictions - y) ** 2, axis=1)))
+    return float(np.mean(logsumexp(predictions, axis=1) - predictions[np.arange(len(y)), y]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """A convex fit of an affine predictor (with bias) on frozen features.
+
+    risk: its empirical risk. converged: the solver met its tolerance (always True for
+    least squares). iterations: L-BFGS iterations (0 for least squares).
+    """
+
+    risk: float
+    converged: bool
+    iterations: int
+    predictions: np.ndarray = dataclasses.field(repr=False)
+
+
+def _design(features):
+    """[features, 1], standardized columns (an affine change of basis: the affine class is unchanged)."""
+    mean, std = features.mean(axis=0), features.std(axis=0)
+    keep = std > 1e-12 * max(1.0, float(np.abs(features).max(initial=0.0)))  # constant columns add nothing to [., 1]
+    z = (features[:, keep] - mean[keep]) / std[keep]
+    return np.concatenate([z, np.ones((len(z), 1))], axis=1)
+
+
+def fit_affine(features, y, loss, classes=None, start=None, max_iter=CE_MAX_ITER):
+    """The best affine predictor on `features` for `loss`, by convex optimization (Proposition 2).
+
+    squared_error: numpy's least squares on [features, 1] (exact up to rounding).
+    cross_entropy: scipy's L-BFGS-B on the multinomial cross-entropy of `classes`
+    classes with no penalty, gradient tolerance CE_TOLERANCE on standardized features,
+    relative-decrease tolerance CE_FTOL, at most `max_iter` iterations, started at
+    `start` (logits whose least-squares coefficients on the design start the solver;
+    default zero). Where the classes are separable the infimum is not attained and
+    the solver stops on CE_FTOL or `max_iter` (``converged`` False; the risk is
+    then an upper bound on the optimum). L-BFGS-B's line search never
+    increases the objective, so the result is at most the start's risk.
+    """
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp, softmax
+
+    design = _design(features)
+    if loss == "squared_error":
+        coefficients = np.linalg.lstsq(design, y, rcond=None)[0]
+        predictions = design @ coefficients
+        return Fit(risk(predictions, y, loss), True, 0, predictions)
+    onehot = np.eye(classes)[y]
+    n = len(y)
+
+    def objective(flat):
+        logits = design @ flat.reshape(design.shape[1], classes)
+        value = np.mean(logsumexp(logits, axis=1) - logits[np.arange(n), y])
+        return value, (design.T @ (softmax(logits, axis=1) - onehot) / n).reshape(-1)
+
+    initial = np.zeros((design.shape[1], classes)) if start is None else np.linalg.lstsq(design, start, rcond=None)[0]
+    result = minimize(objective, initial.reshape(-1), jac=True, method="L-BFGS-B",
+                      options=dict(maxiter=max_iter, gtol=CE_TOLERANCE, ftol=CE_FTOL, maxcor=20))
+    predictions = design @ result.x.reshape(design.shape[1], classes)
+    converged = bool(result.success and np.abs(result.jac).max() <= CE_TOLERANCE)
+    return Fit(risk(predictions, y, loss), converged, int(result.nit), predictions)
+
+
+@dataclasses.dataclass(frozen=True)
+class ERLB:
+    """Proposition 2's empirical-risk lower bound for one model on one data set.
+
+    R: the model's own empirical risk (eq. 3's objective at its weights). A: the
+    convex optimum over H_0..H_L (eq. 5) on the frozen features. epsilon = R - A
+    (eq. 6; >= 0, and 0 at Theorem 1(b)'s local minima). loss, examples, the
+    feature set (`features`: the taps and how each is summarized), its dimension,
+    the solver's convergence, and `class_residual`: the relative RMS residual of
+    the least-squares fit of the model's own logits on the features (~1e-7: the
+    model's predictor lies in the A-ResNEst's class, so epsilon >= 0 holds up to that
+    and the solver's tolerance; larger only with ``border=False``, the measured error
+    of pooled-only features on 3x3 maps).
+    """
+
+    R: float
+    A: float
+    epsilon: float
+    loss: str
+    examples: int
+    features: tuple
+    dimension: int
+    converged: bool
+    iterations: int
+    class_residual: float
+
+
+def _require_resnest(model, family_variant, what):
+    family, variant = family_variant
+    if variant == "a-resnest":
+        raise ValueError(f"model {model.name!r} is an A-ResNEst: it is its own lower bound (Proposition 2), its "
+                         "heads H_0..H_L being the prediction weights erlb would fit; pass the ResNEst that shares "
+                         "its features, or compare its risk with block_risks")
+    if variant == "standard":
+        raise ValueError(f"model {model.name!r} is a standard {family}: BN and ReLU on x_L make its prediction "
+                         "nonlinear in the features, so Proposition 2 does not bound it; the ResNEst, BN-ResNEst "
+                         f"and DenseNEst heads are linear in them ({what})")
+
+
+def erlb_taps(model, border=True):
+    """The features of Proposition 2's A-ResNEst for `model`: {key: (tensor, summary, stride)}.
+
+    Chosen so that the model's own predictor lies in the affine class on them:
+
+    * ResNEst, eq. (2), and BN-ResNEst (whose BN on x_L is affine at inference): the
+      final stage's v_0 and v_i (module docstring), so
+      y = W_{L+1} GAP(x_L) + b = W_{L+1} sum_i GAP(W_i v_i) + b. Vector family: the
+      v_i themselves, exact. Through a 1x1 map (pointwise W_i, a projection
+      shortcut's W_0) GAP(W_i v_i) = W_i GAP(v_i): the pooled v_i, exact (v_0 taken
+      at the stride-2 pixels the shortcut reads). Through a 3x3 zero-padded map
+      (a basic block's W_i, the stem W_0), GAP(W_i * v_i) = (1/HW) sum_{a,b} W_i[a,b]
+      (the sum of v_i over the grid less one row and/or column), which lies in the
+      span of the pooled v_i, its first/last row and column means and its four corner
+      pixels: with ``border=True`` (default) these 9 K_i numbers are the features, and
+      the class holds the predictor exactly; ``border=False`` keeps the pooled v_i
+      only, an approximation whose error `ERLB.class_residual` measures.
+    * DenseNEst, eq. (9): the pooled x_L = concat of the features W_{L+1} reads;
+      (PD_phi) is then itself the convex problem, and epsilon its optimization gap.
+    """
+    family, _ = _check_nestzoo(model)
+    layer = model.get_layer
+    if family == "densenet":
+        return {"x_L": (layer("logits").input, "mean", 1)}
+    stage = model_stages(model)[-1]
+    summary = lambda name: "border" if border and _kernel(layer(name)).shape[0] == 3 else "mean"  # noqa: E731
+    if stage["w0"] == "expansion":
+        taps = {"v0": (layer("input").output, summary("expansion"), 1)}
+    else:
+        shortcut = layer(stage["w0"])
+        taps = {f"v0 (stage {stage['stage']})": (shortcut.input, summary(stage["w0"]), shortcut.strides[0])}
+    for i in [i for i, _ in stage["blocks"]] + [stage["last"]]:
+        taps[f"v{i}"] = (layer(f"block{i}_features").output, summary(f"block{i}_W"), 1)
+    return taps
+
+
+def erlb(model, data, loss=None, border=True, batch_size=256, max_iter=CE_MAX_ITER):
+    """Proposition 2's empirical-risk lower bound: R, A and epsilon = R - A, eq. (6).
+
+    The model's features are frozen (its weights as they are) and the A-ResNEst's
+    prediction weights H_0..H_L (affine, with a bias, as nestzoo's heads) are fit by
+    convex optimization for the model's loss (`fit_affine`): squared error for a
+    regressor (no output activation), cross-entropy for a softmax classifier; `loss`
+    overrides ("squared_error" or "cross_entropy"). The features (`erlb_taps`) are
+    chosen so that the model's own predictor lies in the A-ResNEst's class, hence
+    epsilon >= 0 up to rounding; for cross-entropy the solver starts from the model's
+    own predictor, so the solver's tolerance cannot make A exceed R either.
+    Theorem 1(b): epsilon = 0 at every local minimizer of (P_phi) when M >= N_o and
+    Assumption 4 holds.
+
+    data: (x, y) numpy arrays, a ``nestzoo.data.Datasets`` or data set name (its
+    training split, unaugmented), or a finite batched tf.data dataset of (x, y);
+    computed in batches of `batch_size`, holding only the summarized features.
+    Squared-error risk: the mean over examples of the squared error summed over the
+    outputs. Cross-entropy: the mean softmax cross-entropy (nats).
+    """
+    family_variant = _check_nestzoo(model)
+    _require_resnest(model, family_variant, "erlb")
+    loss = _loss_of(model, loss)
+    taps = erlb_taps(model, border)
+    features, y = _collect(model, _probe(model, taps), data, loss, batch_size)
+    logits = features.pop("logits")
+    phi = np.concatenate([features[key] for key in taps], axis=1)
+    R = risk(logits, y, loss)
+    design = _design(phi)
+    residual = logits - design @ np.linalg.lstsq(design, logits, rcond=None)[0]
+    class_residual = float(np.sqrt(np.mean(residual ** 2) / max(np.mean(logits ** 2), np.finfo(float).tiny)))
+    fit = fit_affine(phi, y, loss, classes=logits.shape[1], start=logits if loss == "cross_entropy" else None,
+                     max_iter=max_iter)
+    described = tuple(f"{key}: {'pooled' if mode == 'mean' else 'pooled + border'}"
+                      + (f", stride {stride}" if stride > 1 else "") for key, (_, mode, stride) in taps.items())
+    return ERLB(R, fit.risk, R - fit.risk, loss, len(y), described, phi.shape[1], fit.converged, fit.iterations,
+                class_residual)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockRisks:
+    """The risk of the best affine predictor, block by block (Sections 2.4 and 3.1).
+
+    blocks: i = 0..L. residual[i]: on x_i (None where the model has no x_i: an
+    A-ResNEst's x_L). features[i]: on v_0..v_i, the truncated A-ResNEst of eq. (4).
+    linear: on the input itself (flattened), the best linear predictor of Corollary 2
+    and Proposition 3. model: the model's own risk. Image representations are
+    globally average-pooled, as the heads see them (v_0: the pooled input).
+    """
+
+    blocks: tuple
+    residual: tuple
+    features: tuple
+    linear: float
+    model: float
+    loss: str
+    examples: int
+
+    def rows(self):
+        """The table as a list of dicts (block, residual, features)."""
+        return [dict(block=i, residual=r, features=f) for i, r, f in zip(self.blocks, self.residual, self.features)]
+
+    def table(self):
+        """The table as text."""
+        lines = [f"{'block i':>7}  {'best on x_i':>12}  {'best on v_0..v_i':>16}"]
+        for i, r, f in zip(self.blocks, self.residual, self.features):
+            lines.append(f"{i:>7}  {'-' if r is None else format(r, '.6g'):>12}  {f:>16.6g}")
+        lines.append(f"best linear predictor of the input: {self.linear:.6g}; the model: {self.model:.6g} ({self.loss})")
+        return "\n".join(lines)
+
+
+def block_risks(model, data, loss=None, batch_size=256, max_iter=CE_MAX_ITER):
+    """For i = 0..L, the risk of the best affine predictor on x_i and on v_0..v_i (eq. 4
+    truncated after block i), plus on the input (Corollary 2, Proposition 3) and the
+    model's own risk. Each is a convex fit (`fit_affine`) on frozen features.
+
+    By Proposition 2 the v_0..v_i column never increases with i (up to the solver's
+    tolerance for cross-entropy); Remark 2 says the x_i column is monotone too at a
+    local minimizer of a ResNEst satisfying Assumptions 3 and 4. Same `data` and
+    `loss` as `erlb`; `max_iter` bounds each cross-entropy fit (an unconverged fit's
+    risk is an upper bound on its optimum). The flattened input is held in memory
+    (N x its size).
+    """
+    family, variant = _check_nestzoo(model)
+    loss = _loss_of(model, loss)
+    from nestzoo.basis import basis_layers
+
+    names = basis_layers(model)
+    L = max(int(key[1:]) for key in names if key.startswith("v"))
+    taps = {key: (model.get_layer(name).output, "mean", 1) for key, name in names.items()}
+    taps["input"] = (model.get_layer("input").output, "flat", 1)
+    features, y = _collect(model, _probe(model, taps), data, loss, batch_size)
+    classes = features["logits"].shape[1]
+    fit = lambda phi: fit_affine(phi, y, loss, classes=classes, max_iter=max_iter).risk  # noqa: E731
+    residual = tuple(fit(features[f"x{i}"]) if f"x{i}" in features else None for i in range(L + 1))
+    stacked = tuple(fit(np.concatenate([features[f"v{j}"] for j in range(i + 1)], axis=1)) for i in range(L + 1))
+    return BlockRisks(tuple(range(L + 1)), residual, stacked, fit(features["input"]),
+                      risk(features["logits"], y, loss), loss, len(y))
+
+
+def plot_block_risks(result, path, title=None):
+    """Draw a `BlockRisks` as a PNG: one line per quantity, the block index i on the x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    blocks = np.array(result.blocks)
+    ax.plot(blocks, result.features, "o-", label="best affine on v_0..v_i (A-ResNEst, eq. 4)")
+    known = [(i, r) for i, r in zip(result.blocks, result.residual) if r is not None]
+    if known:
+        ax.plot(*zip(*known), "s--", label="best affine on x_i")
+    ax.axhline(result.linear, color="gray", linestyle=":", label="best linear predictor of the input")
+    ax.axhline(result.model, color="black", linestyle="-.", label="the model")
+    ax.set_xlabel("block i")
+    ax.set_ylabel("training risk" + (" (squared error)" if result.loss == "squared_error" else " (cross-entropy)"))
+    ax.set_xticks(blocks)
+    ax.set_title(title or f"block risks ({result.examples} examples)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
