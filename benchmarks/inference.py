@@ -89,8 +89,6 @@ def main():
     p.add_argument("--batches", type=int, default=20, help="batch-128 calls timed (throughput)")
     p.add_argument("--all", action="store_true", help="time every graph option, not only the default")
     p.add_argument("--no-torch", action="store_true")
-    p.add_argument("--xla-batches", type=int, nargs="*", default=[8],
-                   help="with --all, also time XLA for batches up to each of these, the plain graph above")
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -101,7 +99,6 @@ def main():
     options = [("default", export.DEFAULT_FOLD_BATCH_NORM, export.DEFAULT_JIT_COMPILE)]
     if args.all:
         options = [(f"fold_batch_norm={f}, jit_compile={j}", f, j) for f in (True, False) for j in (False, True)]
-        options += [(f"fold_batch_norm=True, jit_compile={n}", True, n) for n in args.xla_batches]
     calls, inputs_128, inputs_1, keep = {}, {}, {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for label, fold, jit in options:

@@ -125,7 +125,7 @@ def _registry_name(model, config):
     """(registry name or None, variant) of a nestzoo model."""
     from nestzoo import models, specs
 
-    if config.get("model"):
+    if "." in str(config.get("model", "")):  # a run of a registry name
         name = config["model"]
         return name, name.rpartition(".")[2]
     arch, _, variant = model.name.rpartition("_")
@@ -358,25 +358,13 @@ def _check_shape(x, spec):
 
 
 def _compiled(body, spec, jit_compile):
-    """`body` as a tf.function of `spec`: plain (False), XLA-compiled (True), or, for an int n, XLA-compiled
-    for batches of at most n and plain above (XLA compiles once per batch size it sees)."""
-    if isinstance(jit_compile, bool) or jit_compile is None:
-        def checked(x):
-            _check_shape(x, spec)
-            return body(x)
-
-        checked.__name__ = body.__name__
-        return tf.function(checked, input_signature=[spec], jit_compile=bool(jit_compile))
-    if not isinstance(jit_compile, int) or jit_compile < 1:
-        raise ValueError(f"jit_compile must be True, False or a batch size >= 1, got {jit_compile!r}")
-    small = tf.function(body, jit_compile=True)
-
-    def hybrid(x):
+    """`body` as a tf.function of `spec`, checking the input's shape, XLA-compiled with `jit_compile`."""
+    def checked(x):
         _check_shape(x, spec)
-        return tf.cond(tf.shape(x)[0] <= jit_compile, lambda: small(x), lambda: body(x))
+        return body(x)
 
-    hybrid.__name__ = body.__name__
-    return tf.function(hybrid, input_signature=[spec])
+    checked.__name__ = body.__name__
+    return tf.function(checked, input_signature=[spec], jit_compile=bool(jit_compile))
 
 
 def serving_module(model, *, dataset=None, task=None, fold_batch_norm=True, jit_compile=False):
@@ -457,7 +445,7 @@ def _metadata(source, module, dataset, fold_batch_norm, jit_compile):
         "class_names": class_names(dataset) if module.task == "classification" else None,
         "standardization": module.standardization,
         "signatures": ["serving_default"] + (["standardized"] if image else []),
-        "graph": {"fold_batch_norm": bool(fold_batch_norm), "jit_compile": jit_compile,
+        "graph": {"fold_batch_norm": bool(fold_batch_norm), "jit_compile": bool(jit_compile),
                   "folded_batch_norms": len(getattr(module.forward, "folded", []))},
         "nestzoo_version": nestzoo.__version__,
         "tensorflow_version": tf.__version__,
@@ -500,8 +488,10 @@ def _remove_stale_tmp(parent):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-#: DEFAULTS of the serving graph: the fastest correct options measured by
-#: benchmarks/inference.py on a 2-core CPU (README, "Serving").
+#: The serving graph's defaults (README, "Serving"; benchmarks/inference.py): folding is faster and equal
+#: to float32 rounding. XLA (jit_compile) is off: TensorFlow Serving runs XLA only when started with
+#: --xla_cpu_compilation_enabled (experimental), and on the 2-core CPU measured it lowered the batch-1
+#: latency but cut the batch-128 throughput by a third to a half.
 DEFAULT_FOLD_BATCH_NORM = True
 DEFAULT_JIT_COMPILE = False
 
@@ -516,11 +506,11 @@ def export_saved_model(model, directory, *, dataset=None, task=None, fold_batch_
     `directory` and renamed into place: a failure or kill leaves no partial
     `directory`. (The earlier ``overwrite=`` is gone: a version is never replaced.)
     """
-    source = load_source(model)
     directory = Path(directory)
     if directory.exists():
         raise ValueError(f"{str(directory)!r} exists; an export never overwrites a version: choose another "
                          "directory or version")
+    source = load_source(model)
     check_nestzoo_model(source.model, f"{str(source.path)!r}" if source.path else "the model")
     dataset = _dataset_of(source, dataset)
     module = serving_module(source.model, dataset=dataset, task=task, fold_batch_norm=fold_batch_norm,

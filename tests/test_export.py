@@ -136,6 +136,10 @@ def test_folded_graph_folds_every_conv_batch_norm_and_equals_the_keras_call():
     out = folded(x)
     for key in ("logits", "predictions"):
         np.testing.assert_allclose(out[key], reference[key], rtol=export.RTOL, atol=export.ATOL)
+    images = np.random.default_rng(3).integers(0, 256, size=(2, 8, 8, 1)).astype("uint8")
+    xla = export.serving_module(model, dataset="digits", jit_compile=True).serve(images)  # --jit-compile
+    np.testing.assert_allclose(xla["logits"], folded(standardized(images))["logits"], rtol=export.RTOL,
+                               atol=export.ATOL)
     # without folding the export calls the Keras model itself
     module = export.serving_module(model, dataset="digits", fold_batch_norm=False)
     np.testing.assert_allclose(module.serve_standardized(x)["logits"], reference["logits"], rtol=1e-6, atol=1e-6)
