@@ -1,52 +1,590 @@
 """SavedModel export for serving with TensorFlow Serving (TensorFlow only).
 
-The artifact holds the forward pass alone (no nestzoo code needed to serve it) under
-the endpoint ``serve`` and the signature ``serving_default``. With ``dataset`` the
-standardization of `nestzoo.data` (the training set's per-channel mean and std) is
-built in, so clients send uint8 images as the data set stores them.
+    from nestzoo import export
+    export.export("runs/quick/resnet20.a-resnest/seed0")        # saved_models/resnet20_a-resnest/<next>/
+    export.export(model, "saved_models", dataset="cifar10", name="mine", version=3)
+    export.export_saved_model(model, "somewhere/1", dataset="digits")   # one exact directory
+
+The serving contract (``saved_models/README.md``):
+
+* signature ``serving_default``, input ``images``: uint8 (None, H, W, C), the data
+  set's storage format; the data set's standardization (x / 255 - mean) / std is in
+  the graph. Outputs ``probabilities`` float32 (None, classes), ``class_ids`` int64
+  (None,) and ``logits`` float32 (None, classes). The dtype is enforced: a float
+  tensor is refused, not cast.
+* signature ``standardized``: the same outputs from already-standardized float32
+  ``inputs`` (None, H, W, C).
+* regression models (``outputs=``, no classifier activation) output ``predictions``
+  float32 (None, N_o) instead; vector-valued models (``arch="mlp"``) take float32
+  ``inputs`` (None, N_in) as they were trained, with no standardization built in.
+* mixed-precision models are served in float32 from their float32 weights.
+* ``assets/nestzoo.json`` holds the metadata: registry name, variant, parameter
+  count, standardization, class names, nestzoo's version, the run's test accuracy.
+
+The graph is the model's forward pass rewritten for inference (no nestzoo or Keras
+code is needed to serve it): the weights become constants and every batch
+normalization that directly follows a convolution or Dense layer is folded into its
+weights; the others become one multiply-add. ``fold_batch_norm=False`` exports the
+Keras model's own call instead (slower, the reference the tests compare against).
+
+An export is written into a temporary directory beside its target and renamed into
+place, so a server polling ``saved_models/<name>/`` never sees a partial version; an
+existing version is never overwritten.
 """
+import json
 import os
+import shutil
+import time
+import uuid
+import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from nestzoo import data, optimizers  # noqa: F401  (optimizers registers nestzoo's optimizer and schedule for .keras files)
+METADATA_FILE = "nestzoo.json"
+CIFAR10_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+TMP_PREFIX = ".tmp-export-"
+#: The tolerance within which the folded graph equals the Keras model (float32 rounding).
+RTOL, ATOL = 1e-4, 1e-5
 
 
-def export_saved_model(model, directory, *, dataset=None, overwrite=False):
-    """Write `model` (a keras.Model or a .keras file) as a SavedModel in `directory`.
+# --------------------------------------------------------------------------- sources
 
-    dataset: None (the endpoint takes standardized float32 images, as the model
-        does) or a name of `nestzoo.data.DATASETS` (it takes uint8 images and
-        standardizes them with that data set's constants).
-    overwrite: replace an existing non-empty directory instead of refusing it.
-    Returns the directory. TF Serving expects ``<model name>/<version>/``, e.g.
-    ``saved_models/resnet20_a-resnest/1``.
+
+class Source:
+    """A model to export and what is known about how it was trained."""
+
+    def __init__(self, model, path=None, run_dir=None, config=None, summary=None):
+        self.model, self.path, self.run_dir = model, path, run_dir
+        self.config, self.summary = config or {}, summary or {}
+
+
+def _read_json(path):
+    return json.loads(Path(path).read_text()) if Path(path).is_file() else None
+
+
+def _load_keras(path):
+    from nestzoo import optimizers  # noqa: F401  (registers nestzoo's optimizer and schedule for .keras files)
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a file that is not a model
+        raise ValueError(f"{str(path)!r} is not a Keras model file (.keras): {type(error).__name__}: "
+                         f"{(str(error).splitlines() or [''])[0]}") from error
+
+
+def load_source(source):
+    """A `Source` from a keras.Model, a .keras file, or a run directory (holding model.keras, config.json).
+
+    A .keras file inside a run directory reads that run's config and summary too.
     """
-    if isinstance(model, (str, os.PathLike)):
-        if not Path(model).is_file():
-            raise ValueError(f"{model!r} is not a .keras file")
-        model = keras.models.load_model(model, compile=False)
-    directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise ValueError(f"{directory} is not empty; choose another directory or pass overwrite=True (--overwrite)")
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    shape = tuple(model.input.shape[1:])
-    if dataset is None:
-        archive.add_endpoint("serve", model.call, input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
+    if isinstance(source, Source):
+        return source
+    if isinstance(source, keras.Model):
+        return Source(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"expected a keras.Model, a .keras file or a run directory, got {type(source).__name__}")
+    path = Path(source)
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            raise ValueError(f"{str(path)!r} is a SavedModel already; give a run directory or a .keras file")
+        if not (path / "model.keras").is_file():
+            found = sorted(str(p.parent) for p in path.glob("**/model.keras"))[:5]
+            hint = f"; run directories below it: {', '.join(found)}" if found else (
+                "; a run directory gets its model.keras when training finishes")
+            raise ValueError(f"{str(path)!r} holds no model.keras: expected a run directory "
+                             f"(runs/<name>/<model>/seed<k>) or a .keras file{hint}")
+        run_dir, path = path, path / "model.keras"
+    elif path.is_file():
+        run_dir = path.parent if (path.parent / "config.json").is_file() else None
     else:
-        spec = data.get_spec(dataset)
-        if shape != spec.input_shape:
-            raise ValueError(f"the model takes {shape} inputs, {dataset} images are {spec.input_shape}")
-        mean = tf.constant(np.asarray(spec.mean, "float32"))
-        std = tf.constant(np.asarray(spec.std, "float32"))
+        raise ValueError(f"{str(path)!r} does not exist: expected a run directory or a .keras file")
+    model = _load_keras(path)
+    config = _read_json(run_dir / "config.json") if run_dir else None
+    summary = _read_json(run_dir / "summary.json") if run_dir else None
+    return Source(model, path=path, run_dir=run_dir, config=config, summary=summary)
 
-        def serve(images):
-            return model.call((tf.cast(images, tf.float32) / 255.0 - mean) / std, training=False)
 
-        archive.add_endpoint("serve", serve, input_signature=[tf.TensorSpec((None, *shape), tf.uint8)])
-    archive.write_out(str(directory), verbose=False)
+def check_nestzoo_model(model, where="the model"):
+    """Refuse a model nestzoo did not build: its preprocessing and outputs would be guesses."""
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{where} is not a Keras model")
+    names = {layer.name for layer in model.layers}
+    missing = [n for n in ("expansion", "predictions") if n not in names]
+    if missing or len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(
+            f"{where} ({model.name}) is not a nestzoo model with its top: it has no "
+            f"{' and no '.join(repr(m) for m in missing) or 'single input and output'} layer. nestzoo exports only "
+            "the models of its builders (the input standardization and outputs of other models are unknown); "
+            "export other Keras models with keras.export.ExportArchive")
+
+
+def _registry_name(model, config):
+    """(registry name or None, variant) of a nestzoo model.
+
+    The variant is read from the model's structure (`heads.variant_of`); the arch from
+    the run's config.json, else from the builders' default name "<arch>_<variant>".
+    """
+    from nestzoo import heads, registry
+
+    family, variant = heads.variant_of(model) or (None, None)
+    arch = config.get("arch") or model.name.removesuffix(f"_{variant}")
+    try:
+        spec = registry.get_spec(arch, family)
+    except (ValueError, KeyError):
+        return None, variant  # a custom network
+    name = f"{registry.canonical(arch)}.{variant}"
+    return (name if variant in registry.FAMILY_VARIANTS[spec.family] else None), variant
+
+
+def class_names(dataset):
+    """The class names of a data set where they are known offline, else None.
+
+    CIFAR-100's fine label names come from tensorflow-datasets' metadata when the data
+    set is prepared on this machine (they are not shipped with the package).
+    """
+    if dataset == "cifar10":
+        return list(CIFAR10_CLASS_NAMES)
+    if dataset == "digits":
+        return [str(i) for i in range(10)]
+    if dataset == "cifar100":
+        try:
+            import tensorflow_datasets as tfds
+
+            builder = tfds.builder("cifar100")
+            if builder.is_prepared():
+                return list(builder.info.features["label"].names)
+        except Exception:  # tfds missing or not prepared: indices are shown instead
+            pass
+    return None
+
+
+# --------------------------------------------------------------------------- the forward pass
+
+
+def _inbound(layer):
+    node = layer._inbound_nodes[0]
+    return [t._keras_history.operation.name for t in node.input_tensors]
+
+
+def _activation(name, x):
+    if name in ("linear", None):
+        return x
+    if name == "relu":
+        return tf.nn.relu(x)
+    if name == "softmax":
+        return tf.nn.softmax(x)
+    if name == "sigmoid":
+        return tf.sigmoid(x)
+    raise ValueError(f"unsupported activation {name!r} in the folded graph; export with fold_batch_norm=False")
+
+
+def _bn_affine(layer):
+    """(scale, shift) of an inference-mode BatchNormalization, in float64."""
+    var = np.asarray(layer.moving_variance.numpy(), np.float64)
+    mean = np.asarray(layer.moving_mean.numpy(), np.float64)
+    gamma = np.asarray(layer.gamma.numpy(), np.float64) if layer.scale else 1.0
+    beta = np.asarray(layer.beta.numpy(), np.float64) if layer.center else 0.0
+    scale = gamma / np.sqrt(var + layer.epsilon)
+    return scale, beta - mean * scale
+
+
+class FoldedGraph:
+    """The forward pass of a functional nestzoo model as TensorFlow ops on constants.
+
+    Batch normalizations that are the only consumer of a convolution or Dense layer
+    are folded into its kernel and bias; the others become x * scale + shift. Calling
+    it returns {"logits": ..., "predictions": ...} in float32 (no "logits" where the
+    model has no such layer).
+    """
+
+    SIMPLE = {"ReLU", "Add", "Concatenate", "ZeroPadding2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+              "AveragePooling2D", "MaxPooling2D", "Identity", "Activation", "InputLayer"}
+
+    def __init__(self, model):
+        self.ops = []  # (name, kind, inputs, params)
+        layers = {layer.name: layer for layer in model.layers}
+        consumers = {}
+        for layer in model.layers:
+            if type(layer).__name__ != "InputLayer":
+                for name in _inbound(layer):
+                    consumers.setdefault(name, []).append(layer.name)
+        folded = {}  # BN name -> the conv/dense it was folded into
+        params = {}
+        for layer in model.layers:
+            kind = type(layer).__name__
+            if kind in ("Conv2D", "Dense"):
+                kernel = np.asarray(layer.kernel.numpy(), np.float64)
+                bias = np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias else np.zeros(kernel.shape[-1])
+                after = consumers.get(layer.name, [])
+                activation = layer.activation.__name__
+                if (len(after) == 1 and type(layers[after[0]]).__name__ == "BatchNormalization"
+                        and activation == "linear" and layers[after[0]].axis in (-1, len(layer.output.shape) - 1)):
+                    scale, shift = _bn_affine(layers[after[0]])
+                    kernel, bias = kernel * scale, bias * scale + shift
+                    folded[after[0]] = layer.name
+                params[layer.name] = (kernel, bias, activation)
+        self.folded = sorted(folded)
+        for layer in model.layers:
+            kind = type(layer).__name__
+            inputs = [] if kind == "InputLayer" else _inbound(layer)
+            if kind == "BatchNormalization" and layer.name in folded:
+                self.ops.append((layer.name, "Identity", inputs, None))
+                continue
+            if kind in ("Conv2D", "Dense"):
+                kernel, bias, activation = params[layer.name]
+                config = layer.get_config()
+                if kind == "Conv2D" and (config["data_format"] != "channels_last" or config["groups"] != 1):
+                    raise ValueError(f"layer {layer.name}: only channels_last, ungrouped convolutions fold")
+                self.ops.append((layer.name, kind, inputs, dict(
+                    kernel=kernel.astype(np.float32), bias=bias.astype(np.float32),
+                    use_bias=bool(np.any(bias)), activation=activation,
+                    strides=config.get("strides"), padding=str(config.get("padding", "valid")).upper(),
+                    dilation=config.get("dilation_rate"))))
+            elif kind == "BatchNormalization":
+                if layer.axis not in (-1, len(layer.output.shape) - 1):
+                    raise ValueError(f"layer {layer.name}: only last-axis batch normalization folds")
+                scale, shift = _bn_affine(layer)
+                self.ops.append((layer.name, "Affine", inputs,
+                                 dict(scale=scale.astype(np.float32), shift=shift.astype(np.float32))))
+            elif kind in self.SIMPLE:
+                config = layer.get_config()
+                if kind == "ReLU" and (config.get("max_value") is not None or config.get("negative_slope")
+                                       or config.get("threshold")):
+                    raise ValueError(f"layer {layer.name}: a clipped or leaky ReLU does not fold")
+                if kind.startswith("Global") and config.get("keepdims"):
+                    raise ValueError(f"layer {layer.name}: keepdims pooling does not fold")
+                self.ops.append((layer.name, kind, inputs, config))
+            else:
+                raise ValueError(f"layer {layer.name} ({kind}) has no folded form; export with fold_batch_norm=False")
+        self.input_name = model.layers[0].name
+        self.output_name = model.layers[-1].name
+        self.has_logits = "logits" in layers
+
+    def __call__(self, x):
+        values = {}
+        for name, kind, inputs, p in self.ops:
+            args = [values[i] for i in inputs]
+            if kind == "InputLayer":
+                y = x
+            elif kind == "Identity":
+                y = args[0]
+            elif kind == "Conv2D":
+                y = tf.nn.conv2d(args[0], p["kernel"], p["strides"], p["padding"], dilations=p["dilation"])
+                y = tf.nn.bias_add(y, p["bias"]) if p["use_bias"] else y
+                y = _activation(p["activation"], y)
+            elif kind == "Dense":
+                y = tf.matmul(args[0], p["kernel"])
+                y = tf.nn.bias_add(y, p["bias"]) if p["use_bias"] else y
+                y = _activation(p["activation"], y)
+            elif kind == "Affine":
+                y = args[0] * p["scale"] + p["shift"]
+            elif kind == "ReLU":
+                y = tf.nn.relu(args[0])
+            elif kind == "Activation":
+                y = _activation(p["activation"], args[0])
+            elif kind == "Add":
+                y = tf.add_n(args)
+            elif kind == "Concatenate":
+                y = tf.concat(args, axis=p["axis"])
+            elif kind == "ZeroPadding2D":
+                (top, bottom), (left, right) = p["padding"]
+                y = tf.pad(args[0], [[0, 0], [top, bottom], [left, right], [0, 0]])
+            elif kind == "GlobalAveragePooling2D":
+                y = tf.reduce_mean(args[0], axis=[1, 2])
+            elif kind == "GlobalMaxPooling2D":
+                y = tf.reduce_max(args[0], axis=[1, 2])
+            elif kind in ("AveragePooling2D", "MaxPooling2D"):
+                pool = tf.nn.avg_pool2d if kind == "AveragePooling2D" else tf.nn.max_pool2d
+                y = pool(args[0], p["pool_size"], p["strides"] or p["pool_size"], p["padding"].upper())
+            values[name] = y
+        out = {"predictions": values[self.output_name]}
+        if self.has_logits:
+            out["logits"] = values["logits"]
+        return out
+
+
+def keras_forward(model):
+    """The Keras model's own call, returning {"logits", "predictions"} in float32 (the reference)."""
+    names = {layer.name for layer in model.layers}
+    outputs = [model.output] + ([model.get_layer("logits").output] if "logits" in names else [])
+    both = keras.Model(model.inputs, outputs)
+
+    def forward(x):
+        out = both(x, training=False)
+        result = {"predictions": tf.cast(out[0], tf.float32)}
+        if len(out) > 1:
+            result["logits"] = tf.cast(out[1], tf.float32)
+        return result
+
+    forward.keras_model = both
+    return forward
+
+
+# --------------------------------------------------------------------------- the serving module
+
+
+def _task(model, task):
+    if task is not None:
+        if task not in ("classification", "regression"):
+            raise ValueError(f"task must be 'classification', 'regression' or None (from the model), not {task!r}")
+        return task
+    activation = getattr(model.get_layer("predictions"), "activation", None)
+    return "classification" if activation is keras.activations.softmax else "regression"
+
+
+def _outputs(forward, task, x):
+    out = forward(x)
+    if task == "regression":
+        return {"predictions": out["predictions"]}
+    logits = out.get("logits", out["predictions"])
+    probabilities = out["predictions"]
+    if probabilities is logits:  # a classifier built with classifier_activation=None
+        probabilities = tf.nn.softmax(logits)
+    return {"probabilities": probabilities, "class_ids": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+            "logits": logits}
+
+
+def _check_shape(x, spec):
+    """Fail with the expected spec when `x` is not a batch of spec.shape[1:] (signatures check only the dtype)."""
+    expected = list(spec.shape[1:])
+    actual = tf.shape(x)
+    same = tf.cond(tf.equal(tf.size(actual), len(expected) + 1),
+                   lambda: tf.reduce_all(tf.equal(actual[1:], expected)), lambda: tf.constant(False))
+    described = f"{spec.dtype.name} (None, {', '.join(map(str, expected))})"
+    tf.debugging.Assert(same, [f"{spec.name} must be {described}; got shape", actual])
+
+
+def _compiled(body, spec, jit_compile):
+    """`body` as a tf.function of `spec`, checking the input's shape, XLA-compiled with `jit_compile`."""
+    def checked(x):
+        _check_shape(x, spec)
+        return body(x)
+
+    checked.__name__ = body.__name__
+    return tf.function(checked, input_signature=[spec], jit_compile=bool(jit_compile))
+
+
+def serving_module(model, *, dataset=None, task=None, fold_batch_norm=True, jit_compile=False):
+    """A tf.Module whose `serve` (and, for images, `serve_standardized`) compute the serving contract.
+
+    model: a nestzoo keras.Model. dataset: the data set whose standardization the
+    uint8 endpoint applies (required for image models). task: None (classification
+    when the model ends in softmax, else regression), "classification" or "regression".
+    """
+    from nestzoo import data
+
+    check_nestzoo_model(model)
+    task = _task(model, task)
+    shape = tuple(model.input.shape[1:])
+    forward = FoldedGraph(model) if fold_batch_norm else keras_forward(model)
+    module = tf.Module()
+    module.task, module.input_shape, module.forward = task, shape, forward
+    if fold_batch_norm is False:
+        module.keras_model = forward.keras_model  # tracked: its variables are saved with the graph
+    if len(shape) == 1:  # vector-valued: float features in, as trained
+        if dataset is not None:
+            raise ValueError(f"the model takes vectors of {shape[0]} features; a data set's image standardization "
+                             f"({dataset}) does not apply: export it without a data set")
+
+        def serve(inputs):
+            return _outputs(forward, task, inputs)
+
+        module.serve = _compiled(serve, tf.TensorSpec((None, *shape), tf.float32, name="inputs"), jit_compile)
+        module.standardization = None
+        return module
+    if dataset is None:
+        raise ValueError("an image model's serving signature takes uint8 images and standardizes them as in "
+                         "training: give the data set (--dataset, dataset=), or export a run directory, whose "
+                         "config.json names it")
+    spec = data.get_spec(dataset)
+    if shape != spec.input_shape:
+        raise ValueError(f"the model takes {shape} inputs, {dataset} images are {spec.input_shape}")
+    # the training pipeline's arithmetic (nestzoo.data.pipeline): x * 1 / (255 std) - mean / std
+    scale = tf.constant(np.broadcast_to(1 / (255 * np.asarray(spec.std)), shape), tf.float32)
+    offset = tf.constant(np.broadcast_to(-np.asarray(spec.mean) / np.asarray(spec.std), shape), tf.float32)
+
+    def serve(images):
+        return _outputs(forward, task, tf.cast(images, tf.float32) * scale + offset)
+
+    def serve_standardized(inputs):
+        return _outputs(forward, task, inputs)
+
+    module.serve = _compiled(serve, tf.TensorSpec((None, *shape), tf.uint8, name="images"), jit_compile)
+    module.serve_standardized = _compiled(
+        serve_standardized, tf.TensorSpec((None, *shape), tf.float32, name="inputs"), jit_compile)
+    module.standardization = {"dataset": dataset, "mean": list(spec.mean), "std": list(spec.std),
+                              "formula": "(images / 255 - mean) / std, per channel"}
+    return module
+
+
+def _metadata(source, module, dataset, fold_batch_norm, jit_compile):
+    import nestzoo
+
+    model = source.model
+    registry_name, variant = _registry_name(model, source.config)
+    shape = list(module.input_shape)
+    image = len(shape) == 3
+    test_accuracy = source.summary.get("test_accuracy")
+    classes = int(model.output.shape[-1])
+    return {
+        "model": registry_name,
+        "keras_name": model.name,
+        "variant": variant,
+        "task": module.task,
+        "parameters": int(model.count_params()),
+        "trainable_parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
+        "precision": model.dtype_policy.name,
+        "served_precision": "float32",
+        "input": {"name": "images" if image else "inputs", "dtype": "uint8" if image else "float32",
+                  "shape": [None, *shape], "range": [0, 255] if image else None},
+        "outputs": (["probabilities", "class_ids", "logits"] if module.task == "classification" else ["predictions"]),
+        "classes": classes if module.task == "classification" else None,
+        "class_names": class_names(dataset) if module.task == "classification" else None,
+        "standardization": module.standardization,
+        "signatures": ["serving_default"] + (["standardized"] if image else []),
+        "graph": {"fold_batch_norm": bool(fold_batch_norm), "jit_compile": bool(jit_compile),
+                  "folded_batch_norms": len(getattr(module.forward, "folded", []))},
+        "nestzoo_version": nestzoo.__version__,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "test_accuracy": test_accuracy,
+        "run": {"directory": str(source.run_dir), "config": source.config} if source.run_dir else None,
+        "source": str(source.path) if source.path else None,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _dataset_of(source, dataset):
+    trained_on = source.config.get("data")
+    if trained_on == "tf.data":
+        trained_on = None
+    if dataset is not None and trained_on is not None and dataset != trained_on:
+        raise ValueError(f"the run was trained on {trained_on} (its config.json), not {dataset}; "
+                         "leave --dataset out to use the run's")
+    return dataset or trained_on
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_tmp(parent):
+    """Remove temporary export directories left by killed exports (their process is gone)."""
+    for tmp in parent.glob(TMP_PREFIX + "*"):
+        try:
+            pid = int(tmp.name[len(TMP_PREFIX):].split("-")[0])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: The serving graph's defaults (README, "Serving"; benchmarks/inference.py): folding is faster and equal
+#: to float32 rounding. XLA (jit_compile) is off: TensorFlow Serving runs XLA only when started with
+#: --xla_cpu_compilation_enabled (experimental), and on the 2-core CPU measured it lowered the batch-1
+#: latency but cut the batch-128 throughput by a third to a half.
+DEFAULT_FOLD_BATCH_NORM = True
+DEFAULT_JIT_COMPILE = False
+
+
+def export_saved_model(model, directory, *, dataset=None, task=None, fold_batch_norm=DEFAULT_FOLD_BATCH_NORM,
+                       jit_compile=DEFAULT_JIT_COMPILE):
+    """Write one SavedModel version into `directory`, which must not exist; returns its Path.
+
+    model: a nestzoo keras.Model, a .keras file or a run directory (its config.json
+    gives the data set; a given `dataset` must agree). The contract is in this
+    module's docstring. The export is written to a temporary directory beside
+    `directory` and renamed into place: a failure or kill leaves no partial
+    `directory`. (The earlier ``overwrite=`` is gone: a version is never replaced.)
+    """
+    directory = Path(directory)
+    if directory.exists():
+        raise ValueError(f"{str(directory)!r} exists; an export never overwrites a version: choose another "
+                         "directory or version")
+    source = load_source(model)
+    check_nestzoo_model(source.model, f"{str(source.path)!r}" if source.path else "the model")
+    dataset = _dataset_of(source, dataset)
+    module = serving_module(source.model, dataset=dataset, task=task, fold_batch_norm=fold_batch_norm,
+                            jit_compile=jit_compile)
+    metadata = _metadata(source, module, dataset, fold_batch_norm, jit_compile)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(directory.parent)
+    tmp = directory.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        signatures = {"serving_default": module.serve}
+        if hasattr(module, "serve_standardized"):
+            signatures["standardized"] = module.serve_standardized
+        for function in signatures.values():
+            function.get_concrete_function()  # trace (the longest step) with the temporary directory in place
+        tf.saved_model.save(module, str(tmp), signatures=signatures)
+        (tmp / "assets").mkdir(exist_ok=True)
+        (tmp / "assets" / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
+        if directory.exists():  # taken while this export was written
+            raise FileExistsError(f"{str(directory)!r} appeared during the export; it was not overwritten")
+        os.rename(tmp, directory)  # atomic on one file system
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return directory
+
+
+def versions(base):
+    """The integer versions in a TF Serving model directory, sorted."""
+    base = Path(base)
+    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and p.is_dir()) if base.is_dir() else []
+
+
+def default_name(source):
+    """saved_models/<name>: the registry name with "." as "_" (resnet20_a-resnest), else the model's name."""
+    registry_name, _ = _registry_name(source.model, source.config)
+    return (registry_name or source.model.name).replace(".", "_").replace("/", "_")
+
+
+def export(model, base_dir="saved_models", *, name=None, version=None, dataset=None, task=None,
+           fold_batch_norm=DEFAULT_FOLD_BATCH_NORM, jit_compile=DEFAULT_JIT_COMPILE):
+    """Export into TF Serving's layout ``base_dir/<name>/<version>/``; returns the version's Path.
+
+    name: default the registry name ("resnet20_a-resnest"). version: default the next
+    integer after the existing ones; an existing version is refused.
+    """
+    source = load_source(model)
+    check_nestzoo_model(source.model, f"{str(source.path)!r}" if source.path else "the model")
+    name = name or default_name(source)
+    if not name or name.startswith(".") or "/" in name or os.sep in name:
+        raise ValueError(f"name must be a plain directory name, got {name!r}")
+    base = Path(base_dir) / name
+    if version is None:
+        version = (versions(base) or [0])[-1] + 1
+    elif not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"version must be an integer >= 1, got {version!r}")
+    elif (base / str(version)).exists():
+        raise ValueError(f"{str(base / str(version))!r} exists; an export never overwrites a version: choose "
+                         f"another --version or leave it out for the next ({(versions(base) or [0])[-1] + 1})")
+    return export_saved_model(source, base / str(version), dataset=dataset, task=task,
+                              fold_batch_norm=fold_batch_norm, jit_compile=jit_compile)
+
+
+def read_metadata(export_dir):
+    """The metadata dict of an export (None for a SavedModel nestzoo did not write)."""
+    return _read_json(Path(export_dir) / "assets" / METADATA_FILE)
+
+
+def latest_version(path):
+    """`path` if it is a SavedModel, else its highest integer version (saved_models/<name>)."""
+    path = Path(path)
+    if (path / "saved_model.pb").is_file():
+        return path
+    found = versions(path)
+    if not found:
+        raise ValueError(f"{str(path)!r} is neither a SavedModel (no saved_model.pb) nor a directory of versions")
+    return path / str(found[-1])

@@ -74,10 +74,10 @@ def test_train_then_evaluate(capsys, tmp_path):
     assert code == 0 and f"accuracy {100 * summary['test_accuracy']:.2f}%" in out
 
     served = tmp_path / "saved_models" / "resnet20_resnest" / "1"
-    code, out = run(capsys, "export", str(run_dir / "model.keras"), str(served), "--dataset", "digits")
+    code, out = run(capsys, "export", str(run_dir), "--base-dir", str(tmp_path / "saved_models"))  # data from config
     assert code == 0 and (served / "saved_model.pb").is_file(), out
-    code, out = run(capsys, "export", str(run_dir / "model.keras"), str(served))
-    assert code == 2 and "is not empty" in out and "--overwrite" in out
+    code, out = run(capsys, "export", str(run_dir), "--base-dir", str(tmp_path / "saved_models"), "--version", "1")
+    assert code == 2 and "an export never overwrites a version" in out
 
     code, out = run(capsys, "train", "--variant", "resnest", "--output", str(output), "--verbose", "0")
     assert code == 2 and "holds another run's files; pass resume=True (--resume)" in out

@@ -195,7 +195,7 @@ MIRRORED = textwrap.dedent("""
     history = model.fit(d.train.take(6), validation_data=d.validation, epochs=1, verbose=0)
     print("replicas", strategy.num_replicas_in_sync, "loss", history.history["loss"][-1])
 =======
-        model = nestzoo.ResNet(depths=(1, 1, 1), widths=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
+        model = nestzoo.ResNet(blocks=1, width=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
     before = model.evaluate(d.validation, verbose=0)
     history = model.fit(d.train, validation_data=d.validation, epochs=1, verbose=0)

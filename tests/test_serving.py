@@ -1,0 +1,185 @@
+"""`nestzoo export` and `nestzoo predict`: versions, metadata, atomicity under kill, bad inputs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+import nestzoo
+from nestzoo import cli, data, export
+from nestzoo.predict import Predictor, read_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "resnet20_a-resnest"
+
+
+def run(capsys, *argv):
+    """Exit code and output of `nestzoo argv...`."""
+    try:
+        cli.main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def digits_images(count):
+    """Test images of scikit-learn's digits as nestzoo stores them (uint8, 0..16 rescaled to 0..255)."""
+    images = np.round(load_digits().images[-count:] * (255 / 16)).astype("uint8")[..., None]
+    return images
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A finished run's directory as `nestzoo train` leaves it (model.keras, config.json, summary.json)."""
+    directory = tmp_path_factory.mktemp("runs") / NAME.replace("_", ".") / "seed0"
+    directory.mkdir(parents=True)
+    model = nestzoo.AResNEst(arch="resnet20", input_shape=(8, 8, 1))
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.gamma.shape[0]))
+    model.save(directory / "model.keras")
+    (directory / "config.json").write_text(json.dumps({"model": "resnet20.a-resnest", "data": "digits", "seed": 0}))
+    (directory / "summary.json").write_text(json.dumps({"test_accuracy": 0.9472}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def served(run_dir, tmp_path_factory):
+    """saved_models/<name>/1 exported from the run."""
+    return export.export(run_dir, tmp_path_factory.mktemp("saved_models"))
+
+
+def test_export_picks_versions_never_overwrites_and_writes_metadata(capsys, run_dir, served):
+    base = served.parent.parent
+    assert served == base / NAME / "1"
+    code, out = run(capsys, "export", run_dir, "--base-dir", base)
+    assert code == 0 and f"SavedModel written to {base / NAME / '2'}" in out, out
+    assert "uint8 images -> probabilities, class_ids, logits" in out
+    code, out = run(capsys, "export", run_dir, "--base-dir", base, "--version", 1)
+    assert code == 2 and f"{str(base / NAME / '1')!r} exists; an export never overwrites a version" in out
+    assert "(3)" in out  # it names the next free version
+    assert sorted(os.listdir(base / NAME)) == ["1", "2"]
+
+    metadata = export.read_metadata(served)
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    assert metadata["model"] == "resnet20.a-resnest" and metadata["variant"] == "a-resnest"
+    assert metadata["parameters"] == model.count_params()
+    assert metadata["test_accuracy"] == 0.9472 and metadata["nestzoo_version"] == nestzoo.__version__
+    spec = data.get_spec("digits")
+    assert metadata["standardization"]["dataset"] == "digits"
+    assert metadata["standardization"]["mean"] == list(spec.mean) and metadata["standardization"]["std"] == list(spec.std)
+    assert metadata["class_names"] == [str(i) for i in range(10)]
+    assert metadata["input"] == {"name": "images", "dtype": "uint8", "shape": [None, 8, 8, 1], "range": [0, 255]}
+
+
+def test_a_killed_export_leaves_no_version(run_dir, tmp_path):
+    base = tmp_path / "saved_models"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-m", "nestzoo.cli", "export", str(run_dir), "--base-dir", str(base)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not list((base / NAME).glob(export.TMP_PREFIX + "*")) and process.poll() is None:
+        assert time.monotonic() < deadline, "the export never started writing"
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, process.stderr.read()[-2000:]  # killed mid-export, not finished
+    (tmp,) = [p.name for p in (base / NAME).iterdir()]
+    assert tmp.startswith(export.TMP_PREFIX) and export.versions(base / NAME) == []  # nothing a server would load
+    # the next export takes version 1 and clears the dead export's temporary directory
+    assert export.export(run_dir, base) == base / NAME / "1"
+    assert os.listdir(base / NAME) == ["1"] and (base / NAME / "1" / "saved_model.pb").is_file()
+
+
+def write_pngs(folder, images):
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image[..., 0], mode="L").save(folder / f"digit{i}.png")
+    return sorted(folder.glob("*.png"))
+
+
+def test_predict_matches_the_model(capsys, run_dir, served, tmp_path):
+    images = digits_images(4)
+    files = write_pngs(tmp_path / "pngs", images)
+    np.save(tmp_path / "batch.npy", images[:2, ..., 0])  # (N, H, W) grayscale
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    spec = data.get_spec("digits")
+    expected = model.predict(((images / 255 - np.array(spec.mean)) / np.array(spec.std)).astype("float32"), verbose=0)
+
+    code, out = run(capsys, "predict", served.parent, tmp_path / "pngs", tmp_path / "batch.npy", "--json",
+                    "--top-k", 2)  # saved_models/<name>: its latest version
+    assert code == 0, out
+    rows = json.loads(out)
+    assert [r["input"] for r in rows] == [str(f) for f in files] + [f"{tmp_path / 'batch.npy'}[{i}]" for i in (0, 1)]
+    for row, p in zip(rows, np.concatenate([expected, expected[:2]])):
+        best = np.argsort(-p)[:2]
+        assert [c["class_id"] for c in row["top"]] == best.tolist()
+        assert [c["class_name"] for c in row["top"]] == [str(c) for c in best]
+        np.testing.assert_allclose([c["probability"] for c in row["top"]], p[best], rtol=1e-4, atol=1e-6)
+
+    code, text = run(capsys, "predict", run_dir / "model.keras", files[0], "--top-k", 1)  # a .keras file
+    assert code == 0 and text.strip() == f"{files[0]}: {np.argmax(expected[0])} {100 * expected[0].max():.1f}%"
+
+
+def test_predict_refuses_bad_inputs(capsys, served, tmp_path):
+    predictor = Predictor(served)
+    images = digits_images(2)
+    (tmp_path / "notes.png").write_text("not an image")
+    Image.fromarray(np.full((28, 28), 200, np.uint8), mode="L").save(tmp_path / "big.png")
+    np.save(tmp_path / "rank2.npy", images[0, ..., 0])
+    np.save(tmp_path / "floats.npy", load_digits().images[:2])  # scikit-learn's own 0..16 floats
+    np.save(tmp_path / "dark.npy", load_digits().images[:2].astype("uint8"))  # uint8 but 0..16
+    (tmp_path / "empty").mkdir()
+    cases = {
+        "notes.png": "notes.png' is not an image: expected a PNG or JPEG file",
+        "big.png": "is 28x28 pixels; the model takes 8x8 images. nestzoo predict does not resize",
+        "rank2.npy": r"holds an array of shape \(8, 8\) \(rank 2\); the model takes a batch \(N, 8, 8, 1\) or "
+                     r"\(N, 8, 8\)",
+        "floats.npy": r"got float64 values in \[0, 16\]; expected uint8 images with values 0..255",
+        "dark.npy": f"dark.npy\\[0\\]: the largest pixel value is {int(load_digits().images[0].max())}; the model "
+                    "expects uint8 images on 0..255",
+        "empty": "holds no PNG or JPEG files",
+        "missing.png": "does not exist",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            read_inputs([tmp_path / name], predictor)
+    read_inputs([tmp_path / "dark.npy"], predictor, range_check=False)  # the check can be turned off
+    code, out = run(capsys, "predict", served, tmp_path / "dark.npy")
+    assert code == 2 and "nestzoo predict: error:" in out and "largest pixel value is" in out and "0..16" in out
+
+
+def test_export_refuses_bad_sources(capsys, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    code, out = run(capsys, "export", tmp_path / "run", "--base-dir", tmp_path)
+    assert code == 2 and "holds no model.keras: expected a run directory" in out
+    other = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    other.save(tmp_path / "other.keras")
+    code, out = run(capsys, "export", tmp_path / "other.keras", "--base-dir", tmp_path, "--dataset", "digits")
+    assert code == 2 and "is not a nestzoo model" in out and "keras.export.ExportArchive" in out
+    (tmp_path / "broken.keras").write_text("no zip")
+    code, out = run(capsys, "export", tmp_path / "broken.keras", "--base-dir", tmp_path)
+    assert code == 2 and "is not a Keras model file (.keras)" in out
+    assert sorted(os.listdir(tmp_path)) == ["broken.keras", "other.keras", "run"]
+
+
+@pytest.mark.parametrize("command, words", [
+    ("export", ["RUN_DIR_OR_MODEL", "--name", "--version", "--base-dir", "--dataset", "--fold-batch-norm",
+                "--jit-compile", "never overwritten"]),
+    ("predict", ["EXPORT_OR_KERAS_FILE", "IMAGES", "--top-k", "--json", "--range-check", "not resized"]),
+])
+def test_help_describes_options(capsys, command, words):
+    code, out = run(capsys, command, "--help")
+    assert code == 0 and all(w in " ".join(out.split()) for w in words), out
