@@ -9,17 +9,23 @@
 from nestzoo.training.experiments import evaluate, train_seeds
 from nestzoo.recipe import RECIPES, CoupledSGD, MultiStepSchedule, Recipe, get_recipe
 from nestzoo.training.report import results_markdown, results_rows, write_results
-from nestzoo.training.run import TrainingDiverged, train
+from nestzoo.training.checkpoint import CheckpointError, CommitError
+from nestzoo.training.run import TrainingDiverged, TrainingInterrupted, explosion_bound, load_model, train
 from nestzoo.training.runtime import PRECISIONS, resolve_jit_compile, resolve_precision
 
 __all__ = [
+    "CheckpointError",
+    "CommitError",
     "PRECISIONS",
     "RECIPES",
     "CoupledSGD",
     "MultiStepSchedule",
     "Recipe",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "evaluate",
+    "explosion_bound",
+    "load_model",
     "get_recipe",
     "resolve_jit_compile",
     "resolve_precision",
