@@ -137,11 +137,12 @@ def read_arrays(path, entry, variables_description, state_path):
 def check_compatible(stored, variables, state_path, model_name):
     """Refuse a checkpoint written for other variables (another architecture or optimizer)."""
     current = describe(variables)
-    if stored == current:
+    # paths carry names Keras makes unique per process (coupled_sgd_1/...): compare shapes and dtypes
+    if [v[1:] for v in stored] == [v[1:] for v in current]:
         return
     detail = f"it holds {len(stored)} variables, {model_name} has {len(current)}"
     for old, new in zip(stored, current):
-        if old != new:
+        if old[1:] != new[1:]:
             detail += f"; the first that differs is {old[0]} {tuple(old[1])} against {new[0]} {tuple(new[1])}"
             break
     raise CheckpointError(f"the checkpoint in {Path(state_path).parent} was written for another model ({detail}); "

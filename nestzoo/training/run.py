@@ -342,8 +342,7 @@ def _restore_finished(model, run_dir):
     finished = load_model(run_dir / "model.keras")
     source = checkpoint.state_variables(finished)
     target = checkpoint.state_variables(model)
-    if checkpoint.describe(source) != checkpoint.describe(target) and [
-            v[1:] for v in checkpoint.describe(source)] != [v[1:] for v in checkpoint.describe(target)]:
+    if [v[1:] for v in checkpoint.describe(source)] != [v[1:] for v in checkpoint.describe(target)]:
         raise checkpoint.CheckpointError(f"{run_dir / 'model.keras'} holds another model's variables; "
                                          "it cannot be extended with this model")
     checkpoint.assign(target, checkpoint.snapshot(source))
