@@ -122,13 +122,13 @@ def _add_train(sub):
                        help="fraction (0.1) or count (5000) of the training set held out to pick the best "
                        "weights (default: the test set, as the paper)")
     train.add_argument("--recipe", choices=list(training.RECIPES), default="paper", help="paper: appendix B.3; quick: 30 epochs")
-    train.add_argument("--epochs", type=_positive_int,
+    train.add_argument("--epochs", type=int,
                        help="override the recipe's epochs (with --resume, more epochs extend a run)")
-    train.add_argument("--batch-size", type=_positive_int, help="override the recipe's batch size")
+    train.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     train.add_argument("--lr", type=_finite_float, help="initial learning rate (default: 0.1, or 0.01 for ResNEsts)")
     train.add_argument("--momentum", type=_finite_float, help="Nesterov momentum")
     train.add_argument("--weight-decay", type=_finite_float, help="coupled weight decay (PyTorch's SGD)")
-    train.add_argument("--milestones", type=_positive_int, nargs="+",
+    train.add_argument("--milestones", type=int, nargs="+",
                        help="epochs after which the lr is multiplied by gamma")
     train.add_argument("--gamma", type=_finite_float, help="learning-rate factor at each milestone")
     train.add_argument("--seeds", type=int, nargs="*", default=[0], help="seeds, one run each (paper: 0 1 2 3 4 5 6)")

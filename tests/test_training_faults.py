@@ -168,10 +168,17 @@ def test_output_directory_is_checked_before_any_work(tmp_path, monkeypatch):
         training.train(MODEL, "digits", output_dir=tmp_path)
 
 
-def test_kill_before_config_rename_leaves_a_fresh_folder(tmp_path):
+def test_kill_before_config_rename_or_during_epoch_1_leaves_a_resumable_folder(tmp_path):
     (tmp_path / "config.json.tmp").write_text('{"half": ')
     for resume in (False, True):
         assert run._check_run_dir(tmp_path, {"model": MODEL}, resume) is None  # a fresh start, either way
+    config = {"model": MODEL, "recipe": {"epochs": 2}}
+    (tmp_path / "config.json").write_text(json.dumps(config))  # killed during epoch 1: nothing committed
+    (tmp_path / "tensorboard").mkdir()
+    assert run._check_run_dir(tmp_path, config, resume=True) == config
+    assert checkpoint.load_state(tmp_path)["epoch"] == 0
+    with pytest.raises(ValueError, match="holds another run's files; pass resume=True"):
+        run._check_run_dir(tmp_path, config, resume=False)
 
 
 def test_divergence_messages_and_the_explosion_rule(tmp_path):

@@ -9,9 +9,10 @@ the variables' paths, shapes and dtypes, and each file's size and SHA-256. It is
 written last, under a temporary name and renamed, so the files it names are complete
 whenever it exists; a file that does not match its checksum is refused by name.
 
-The main thread only copies the variables to host memory (a few milliseconds); a
-background thread writes, hashes, syncs and commits, and the next epoch's commit (or
-the end of the run) waits for it.
+The main thread only reads the variables' values (one call; tensors are immutable, the
+next update of a variable copies it); a background thread copies them to the host,
+writes, hashes, syncs and commits, and the next epoch's commit (or the end of the
+run) waits for it.
 """
 import errno
 import hashlib
@@ -54,6 +55,11 @@ def snapshot(variables):
     return [np.array(v.numpy(), copy=True) for v in variables]
 
 
+def _host(value):
+    """A numpy view of a tensor (copied to the host if it lives on an accelerator) or an array."""
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
 def assign(variables, arrays):
     for variable, array in zip(variables, arrays):
         variable.assign(array)
@@ -79,7 +85,7 @@ def write_arrays(path, arrays):
     digest, size = hashlib.sha256(), 0
     with open(tmp, "wb") as f:
         for array in arrays:
-            data = memoryview(np.ascontiguousarray(array)).cast("B")
+            data = memoryview(np.ascontiguousarray(_host(array))).cast("B")
             digest.update(data)
             f.write(data)
             size += data.nbytes

@@ -172,15 +172,41 @@ class _RunState(keras.callbacks.Callback):
         self.model_name = model_name
         self.committer = checkpoint.Committer(self.dir, state, on_commit=self.publish_log)
         self.first_in_process = True
-        self.best_arrays = None  # (epoch, host arrays) of the best epoch seen in this process
+        self.best_arrays = None  # (epoch, value tensors) of the best epoch seen in this process
         self.commit_seconds = []
+        self.writers = None
+        self._read = self._description = None
 
     @property
     def state(self):
         return self.committer.state
 
     def publish_log(self, state):
+        """log.csv and the TensorBoard scalars of the committed epoch (in the writer thread)."""
         report.write_csv(self.run_dir / "log.csv", state["history"])
+        row = state["history"][-1]
+        if self.writers is None:
+            self.writers = {prefix: tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / name))
+                            for prefix, name in (("", "train"), ("val_", "validation"))}
+        for prefix, writer in self.writers.items():
+            with writer.as_default(step=row["epoch"] - 1):
+                for key, value in row.items():
+                    if prefix and key.startswith(prefix):
+                        tf.summary.scalar("epoch_" + key[len(prefix):], value)
+                    elif not prefix and key in ("loss", "accuracy", "learning_rate", "images_per_second"):
+                        tf.summary.scalar("epoch_" + key, value)
+            writer.flush()
+
+    def read_values(self):
+        """The value tensors of every state variable, read in one call (the commit's only main-thread work).
+
+        Tensors are immutable: the training step that next updates a variable copies it first.
+        """
+        if self._read is None:
+            variables = self.variables()
+            self._read = tf.function(lambda: [tf.identity(v.value) for v in variables], autograph=False)
+            self._description = checkpoint.describe(variables)
+        return self._read()
 
     def variables(self):
         return checkpoint.state_variables(self.model)
@@ -233,13 +259,12 @@ class _RunState(keras.callbacks.Callback):
                "first_in_process": int(self.first_in_process)}
         self.first_in_process = False
         started = time.perf_counter()
-        variables = self.variables()
-        arrays = checkpoint.snapshot(variables)
+        values = self.read_values()
         score = row.get("val_accuracy", row.get("accuracy"))
         best = self.state["best"]
         if best is None or score > best["val_accuracy"]:
-            self.best_arrays = (epoch + 1, arrays)
-        self.committer.submit(epoch + 1, arrays, row, checkpoint.describe(variables), score)
+            self.best_arrays = (epoch + 1, values)
+        self.committer.submit(epoch + 1, values, row, self._description, score)
         self.commit_seconds.append(time.perf_counter() - started)
 
 
@@ -492,8 +517,7 @@ def train(model, data="digits", recipe="paper", *, output_dir, seed=0, precision
     classes = data.num_classes or (model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None)
     callbacks = [
         _DivergenceGuard(model_name, initial_learning_rate, schedule, data.steps_per_epoch, classes, run_dir),
-        run_state,
-        keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False),
+        run_state,  # also writes log.csv and the TensorBoard scalars, in its writer thread
     ]
     if data.epochs:
         train_data, steps = data.epochs(state["epoch"], recipe.epochs), data.steps_per_epoch
