@@ -8,6 +8,8 @@ NESTZOO_TF_LOG=1; importing the library changes no logging.
 import argparse
 import contextlib
 import os
+import math
+import shlex
 import sys
 import time
 
@@ -93,7 +95,32 @@ def _print_runs(summaries, output):
 
 def _fraction_or_count(text):
     """--validation: a fraction of the training set (0.1) or a count of examples (5000)."""
-    return int(text) if text.isdigit() else float(text)
+    return int(text) if text.isdigit() else _finite_float(text)
+
+
+def _finite_float(text):
+    """A float option: nan and inf are refused (they would surface later as a divergence)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
+
+
+def _resume_command(argv, output):
+    """The command line that continues an interrupted `nestzoo train`."""
+    argv = list(argv)
+    if "--output" not in argv and not any(a.startswith("--output=") for a in argv):
+        argv += ["--output", output]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return "nestzoo " + " ".join(shlex.quote(a) for a in argv)
 
 
 def _describe(recipe, scaled_from=None):
@@ -123,11 +150,17 @@ def _train(args):
 
         strategy = tf.distribute.MirroredStrategy()
     output = args.output or time.strftime("runs/%Y%m%d-%H%M%S")
-    summaries = training.train_seeds(
-        _model_names(args.arch, args.variant), args.dataset, args.seeds, output_dir=output, recipe=recipe,
-        precision=args.precision, jit_compile=args.jit_compile, strategy=strategy, resume=args.resume,
-        validation=args.validation, data_options=_data_options(args), verbose=args.verbose,
-    )
+    try:
+        summaries = training.train_seeds(
+            _model_names(args.arch, args.variant), args.dataset, args.seeds, output_dir=output, recipe=recipe,
+            precision=args.precision, jit_compile=args.jit_compile, strategy=strategy, resume=args.resume,
+            validation=args.validation, data_options=_data_options(args), verbose=args.verbose,
+            continue_learning_rate=args.continue_lr, deterministic=args.deterministic,
+        )
+    except training.TrainingInterrupted as stop:
+        sys.stderr.write(f"\nnestzoo train: interrupted; {stop.run_dir} has epoch {stop.epoch} of {stop.epochs} "
+                         f"committed. Continue with: {_resume_command(args.argv, output)}\n")
+        sys.exit(130)
     _print_runs(summaries, output)
     if len(summaries) > 1:
         print("\n" + training.results_markdown(training.results_rows(summaries)))
@@ -265,15 +298,17 @@ def _add_train(sub):
                        "weights (default: the test set, as the paper)")
     _add_data_options(train)
     train.add_argument("--recipe", choices=list(RECIPES), default="paper", help="paper: appendix B.3; quick: 30 epochs")
-    train.add_argument("--epochs", type=int, help="override the recipe's epochs (its milestones scale with them)")
+    train.add_argument("--epochs", type=int,
+                       help="override the recipe's epochs (its milestones scale with them; with --resume, more "
+                            "epochs extend a run)")
     train.add_argument("--batch-size", type=int, help="override the recipe's batch size")
-    train.add_argument("--lr", type=float, help="initial learning rate (default: 0.1, or 0.01 for ResNEsts)")
-    train.add_argument("--momentum", type=float, help="Nesterov momentum")
-    train.add_argument("--weight-decay", type=float, help="coupled weight decay (PyTorch's SGD)")
+    train.add_argument("--lr", type=_finite_float, help="initial learning rate (default: 0.1, or 0.01 for ResNEsts)")
+    train.add_argument("--momentum", type=_finite_float, help="Nesterov momentum")
+    train.add_argument("--weight-decay", type=_finite_float, help="coupled weight decay (PyTorch's SGD)")
     train.add_argument("--milestones", type=int, nargs="+",
                        help="epochs after which the lr is multiplied by gamma (default: the recipe's, scaled "
                             "by --epochs / the recipe's epochs and rounded down)")
-    train.add_argument("--gamma", type=float, help="learning-rate factor at each milestone")
+    train.add_argument("--gamma", type=_finite_float, help="learning-rate factor at each milestone")
     train.add_argument("--seeds", type=int, nargs="*", default=[0], help="seeds, one run each (paper: 0 1 2 3 4 5 6)")
     train.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto: mixed_float16 on a GPU, float32 on a CPU")
@@ -284,6 +319,11 @@ def _add_train(sub):
     train.add_argument("--resume", action="store_true",
                        help="continue the runs in --output from their last finished epoch (a new directory "
                             "just starts); without it a directory holding a run is refused")
+    train.add_argument("--continue-lr", type=_finite_float,
+                       help="with --resume: continue from the last committed epoch at this learning rate (x gamma "
+                            "at each later milestone), e.g. after a divergence; recorded in config.json")
+    train.add_argument("--deterministic", action="store_true",
+                       help="deterministic TensorFlow kernels (bit-identical reruns on GPUs; CPUs already are)")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Keras progress: 1 bars, 2 lines")
     train.set_defaults(run=_train)
 
@@ -413,7 +453,7 @@ def parser():
                               formatter_class=_HelpFormatter)
     evaluate.add_argument("model", help="a .keras file, e.g. runs/<date-time>/resnet20.a-resnest/seed0/model.keras")
     evaluate.add_argument("--dataset", choices=sorted(DATASETS), default="digits", help="data set whose test split is used")
-    evaluate.add_argument("--batch-size", type=int, default=128, help="evaluation batch size")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=128, help="evaluation batch size")
     evaluate.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Keras progress")
     _add_data_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
@@ -435,15 +475,19 @@ def parser():
 
 def main(argv=None):
     p = parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     if getattr(args, "tensorflow", True):
         _start_tensorflow()
+    args.argv = argv
     try:
         args.run(args)
-    except (ValueError, DatasetNotFoundError) as error:
+    except (ValueError, DatasetNotFoundError, FileNotFoundError) as error:  # CheckpointError is a ValueError
         p.exit(2, f"nestzoo {args.command}: error: {error}\n")
-    except (training.TrainingDiverged, TrainingStopped) as error:
+    except (training.TrainingDiverged, TrainingStopped, OSError) as error:  # OSError: CommitError (a full or read-only disk)
         p.exit(1, f"nestzoo {args.command}: {error}\n")
+    except KeyboardInterrupt:
+        p.exit(130, f"\nnestzoo {args.command}: interrupted\n")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ computes them, are in ``nestzoo.optimizers``. Pure Python (no Keras import), so 
 ``nestzoo`` command reads the recipes instantly.
 """
 import dataclasses
+import math
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,12 @@ class Recipe:
                 f"milestones must be strictly increasing epochs >= 1 (e.g. 60, 120, 160), got {milestones!r}"
             )
         object.__setattr__(self, "milestones", milestones)
+        for field in ("base_learning_rate", "resnest_learning_rate", "learning_rate", "momentum", "weight_decay",
+                      "gamma"):
+            value = getattr(self, field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise ValueError(f"{field} must be a finite number, got {value!r}")
         for field in ("base_learning_rate", "resnest_learning_rate", "learning_rate"):
             value = getattr(self, field)
             if value is not None and not value > 0:

@@ -104,6 +104,7 @@ def test_schedule_multiplies_after_milestones():
         (dict(milestones=(60, 60, 160)), "milestones must be strictly increasing"),
         (dict(milestones=(120, 60)), "milestones must be strictly increasing"),
         (dict(learning_rate=-0.1), "learning_rate must be > 0"),
+        (dict(weight_decay=float("inf")), "weight_decay must be a finite number, got inf"),
         (dict(typo=1), "unknown recipe fields ['typo']"),
     ],
 )
@@ -174,7 +175,7 @@ def test_directory_of_another_run_is_refused_unless_resuming(finished_run, tmp_p
     with pytest.raises(ValueError, match="holds another run's files; pass resume=True"):
         training.train(nestzoo.ResNet(**TINY), tiny_data(), output_dir=run_dir, epochs=2)
     assert training.train(nestzoo.ResNet(**TINY), tiny_data(), output_dir=run_dir, epochs=2, resume=True) == summary
-    with pytest.raises(ValueError, match=r"holds a run with other recipe, seed"):
+    with pytest.raises(ValueError, match=r"config.json differs in recipe.epochs: stored 2, given 3; seed: stored 0"):
         training.train(nestzoo.ResNet(**TINY), tiny_data(), output_dir=run_dir, epochs=3, seed=1, resume=True)
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not a nestzoo run"):
@@ -188,14 +189,22 @@ def test_divergence_stops_at_once_and_keeps_last_good_checkpoint(tmp_path):
         training.train(model, tiny_data(), output_dir=tmp_path, epochs=4, learning_rate=0.05, milestones=(2,),
                        gamma=1e30, verbose=0)
     message = str(error.value)
-    assert re.search(r"became nan at epoch 3, batch [12] ", message)  # one step at 5e28 suffices
+    assert re.search(r"became nan at batch [12] at epoch 3 ", message)  # one step at 5e28 suffices
     assert "custom_resnest is a ResNEst" in message and "trained them at 0.01" in message
+    assert "Epoch 2's checkpoint is kept" in message and "--resume --continue-lr 5e+27" in message
     state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 2 and (tmp_path / "checkpoint" / state["last"]["file"]).exists()
     assert len(list(csv.DictReader(open(tmp_path / "log.csv")))) == 2
     assert not (tmp_path / "summary.json").exists()
     model.load_weights(tmp_path / "best.weights.h5")
     assert all(np.isfinite(w).all() for w in model.get_weights())
+    # continue from epoch 2 at a lower rate (the passed milestone no longer applies), recorded in the config
+    summary = training.train(nestzoo.ResNEst(**TINY), tiny_data(), output_dir=tmp_path, epochs=4, learning_rate=0.05,
+                             milestones=(2,), gamma=1e30, verbose=0, resume=True, continue_learning_rate=0.01)
+    assert summary["epochs"] == 4
+    assert summary["config"]["learning_rate_changes"] == [{"after_epoch": 2, "initial_learning_rate": 0.01}]
+    rates = [float(r["learning_rate"]) for r in csv.DictReader(open(tmp_path / "log.csv"))]
+    assert rates == pytest.approx([0.05, 0.05, 0.01, 0.01])
 
 
 def test_results_table_has_mean_std_and_parameters():
@@ -220,6 +229,10 @@ def test_results_table_has_mean_std_and_parameters():
 
 
 def test_train_seeds_writes_table(tmp_path):
+    earlier = tmp_path / "resnet20.standard" / "seed0"  # a finished run of an earlier call
+    earlier.mkdir(parents=True)
+    (earlier / "summary.json").write_text(json.dumps({"config": {"model": "resnet20.standard", "data": "tf.data"},
+                                                      "seed": 0, "test_accuracy": 0.5, "parameters": 1000}))
     summaries = training.train_seeds(tiny_a_resnest, tiny_data(n=32), seeds=[0, 1], output_dir=tmp_path,
                                      epochs=1, verbose=0)
     assert [s["seed"] for s in summaries] == [0, 1]
@@ -227,9 +240,10 @@ def test_train_seeds_writes_table(tmp_path):
         summaries[0]["test_loss"] != summaries[1]["test_loss"])  # seeds give other initializations
     assert (tmp_path / "tiny_a_resnest" / "seed1" / "model.keras").exists()
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
-    assert [(r["arch"], r["variant"], r["runs"], r["seeds"]) for r in rows] == [("custom", "a-resnest", "2", "0 1")]
+    assert [(r["arch"], r["variant"], r["runs"], r["seeds"]) for r in rows] == [
+        ("resnet20", "standard", "1", "0"), ("custom", "a-resnest", "2", "0 1")]  # every finished run in the folder
     accuracies = [100 * s["test_accuracy"] for s in summaries]
-    cell = f"| custom | {np.mean(accuracies):.2f} ± {np.std(accuracies, ddof=1):.2f} (0."
+    cell = f"| custom |  | {np.mean(accuracies):.2f} ± {np.std(accuracies, ddof=1):.2f} (0."
     assert cell in (tmp_path / "results.md").read_text()
 
 

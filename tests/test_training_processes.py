@@ -2,27 +2,18 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-
-RESUMABLE = textwrap.dedent("""
-    import sys
-    import nestzoo
-    from nestzoo import training
-
-    def tiny():
-        return nestzoo.ResNet(blocks=1, width=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
-
-    training.train(tiny, "digits", output_dir=sys.argv[1], epochs=8, milestones=(3,), resume=True, verbose=0)
-""")
-
+TF_LOG = re.compile(r"WARNING: All log messages before absl|[IWE]\d{4} ")  # TensorFlow's C++ start-up lines
 
 def _rows(path):
     return list(csv.DictReader(open(path)))
@@ -31,35 +22,84 @@ def _rows(path):
 def _committed_epoch(run_dir):
     try:
         return json.loads((run_dir / "checkpoint" / "state.json").read_text())["epoch"]
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return 0
 
 
-def test_killed_run_resumes_from_last_finished_epoch(tmp_path):
-    script, run_dir = tmp_path / "train.py", tmp_path / "run"
-    script.write_text(RESUMABLE)
-    command = [sys.executable, str(script), str(run_dir)]
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while _committed_epoch(run_dir) < 2 and process.poll() is None and time.monotonic() < deadline:
+def _train_command(output, *extra):
+    # resnet20 on 8x8 digits, 3 epochs, the learning rate divided by 5 after the second
+    return [sys.executable, "-m", "nestzoo.cli", "train", "--arch", "resnet20", "--variant", "standard",
+            "--dataset", "digits", "--epochs", "3", "--milestones", "2", "--output", str(output), "--verbose", "0",
+            *extra]
+
+
+def _stop_after(process, run_dir, epoch, sig):
+    """Send `sig` to `process` once `epoch` is committed (while it trains the next one)."""
+    deadline = time.monotonic() + 240
+    while _committed_epoch(run_dir) < epoch and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert process.poll() is None, "the run ended before it could be killed:\n" + process.stdout.read()
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert process.poll() is None, "the run ended before it could be stopped:\n" + process.communicate()[0]
+    process.send_signal(sig)
+    output = process.communicate(timeout=120)[0]
+    return process.returncode, output
+
+
+def _weights(path):
+    import keras
+
+    import nestzoo  # noqa: F401 - registers CoupledSGD and MultiStepSchedule
+
+    return keras.models.load_model(path).get_weights()
+
+
+def test_interrupted_and_killed_run_resumes_bit_for_bit(tmp_path):
+    """Ctrl-C after epoch 1 and SIGKILL after epoch 2, resumed each time: the final weights equal an
+    uninterrupted run's bit for bit (CPU kernels are deterministic here; no op determinism needed)."""
+    reference = subprocess.Popen(_train_command(tmp_path / "a"), env=ENV, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+    run_dir = tmp_path / "b" / "resnet20.standard" / "seed0"
+    first = subprocess.Popen(_train_command(tmp_path / "b"), env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while _committed_epoch(run_dir) < 1 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert first.poll() is None, "the run ended before it could be stopped:\n" + "".join(first.communicate())
+    first.send_signal(signal.SIGINT)
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 130, stdout + stderr
+    lines = [line for line in stderr.splitlines() if line.strip() and not TF_LOG.match(line)]
+    assert "Traceback" not in stderr and len(lines) == 1, stderr  # one line, no KeyboardInterrupt traceback
+    interrupted_after = _committed_epoch(run_dir)
+    assert re.search(rf"interrupted; \S+seed0 has epoch {interrupted_after} of 3 committed\. Continue with: "
+                     r"nestzoo train --arch resnet20 .*--output \S+ --verbose 0 --resume$", lines[0]), stderr
+    assert 1 <= interrupted_after < 3
+
+    second = subprocess.Popen(_train_command(tmp_path / "b", "--resume"), env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    code, output = _stop_after(second, run_dir, interrupted_after + 1, signal.SIGKILL)
+    assert code == -signal.SIGKILL, output
+    assert f"resuming {run_dir} after epoch {interrupted_after} of 3 (optimizer step {interrupted_after * 12})" \
+        in output
     killed_after = _committed_epoch(run_dir)
-    assert 2 <= killed_after < 8
+    assert killed_after > interrupted_after
     before = _rows(run_dir / "log.csv")  # may lag the commit by one epoch if killed in between
 
-    resumed = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=180)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    steps = 12  # 1,437 digits training images in batches of 128
-    assert f"after epoch {killed_after} of 8 (optimizer step {killed_after * steps})" in resumed.stdout
+    third = subprocess.run(_train_command(tmp_path / "b", "--resume"), env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert reference.wait(timeout=300) == 0, reference.communicate()[0]
     after = _rows(run_dir / "log.csv")
-    assert [int(r["epoch"]) for r in after] == list(range(1, 9))  # no epoch repeated or missing
+    assert [int(r["epoch"]) for r in after] == [1, 2, 3]  # no epoch repeated or missing
     assert after[: len(before)] == before  # nothing finished is lost or rewritten
-    assert [float(r["learning_rate"]) for r in after] == pytest.approx([0.1] * 3 + [0.02] * 5)
+    assert [float(r["learning_rate"]) for r in after] == pytest.approx([0.1, 0.1, 0.02])
+    expected = _rows(tmp_path / "a" / "resnet20.standard" / "seed0" / "log.csv")
+    columns = ("loss", "accuracy", "val_loss", "val_accuracy")
+    assert [[r[c] for c in columns] for r in after] == [[r[c] for c in columns] for r in expected]
+    for mine, theirs in zip(_weights(run_dir / "model.keras"),
+                            _weights(tmp_path / "a" / "resnet20.standard" / "seed0" / "model.keras")):
+        assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["epochs"] == 8 and not (run_dir / "checkpoint").exists()
+    assert summary["epochs"] == 3 and not (run_dir / "checkpoint").exists()
 
 
 MIRRORED = textwrap.dedent("""

@@ -86,9 +86,7 @@ def parse_pickle(content: bytes, where: str, *, label_key: bytes):
         ) from error
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != IMAGE_BYTES:
         raise ValueError(f"{where}: b'data' is {data.dtype} {data.shape}, expected uint8 (N, {IMAGE_BYTES})")
-    if labels.shape != (len(data),):
-        raise ValueError(f"{where}: {labels.size} labels for {len(data)} images")
-    return _channels_last(data), labels
+    return _channels_last(data), integer_labels(labels, len(data), where)
 
 
 def parse_binary(content: bytes, where: str, *, label_bytes: int):
@@ -101,6 +99,24 @@ def parse_binary(content: bytes, where: str, *, label_bytes: int):
         )
     records = np.frombuffer(content, np.uint8).reshape(-1, record)
     return _channels_last(records[:, label_bytes:]), records[:, label_bytes - 1]
+
+
+def integer_labels(labels: np.ndarray, count: int, where: str) -> np.ndarray:
+    """`labels` as a 1-D integer array of `count` class indices; (N, 1) columns are accepted.
+
+    Refuses, naming `where`, labels that are not integers (floats such as 3.7 or even
+    3.0, booleans, strings) and a count or shape that does not match the images.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}: labels must be integer class indices, got {labels.dtype} labels "
+                         f"(e.g. {labels.reshape(-1)[:1].tolist()}); store them as integers 0..classes-1")
+    if labels.shape != (count,):
+        raise ValueError(f"{where}: labels of shape {labels.shape} for {count} images; expected shape ({count},) "
+                         f"or ({count}, 1)")
+    return labels
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:

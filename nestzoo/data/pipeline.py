@@ -1,8 +1,10 @@
 """Batched tf.data pipelines: shuffle, batch, augment and standardize whole batches."""
 from __future__ import annotations
 
+import functools
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -72,6 +74,8 @@ class Datasets:
     num_validation: int
     num_test: int
     validation_split: str
+    steps_per_epoch: int | None = None
+    epoch_batches: Callable | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -83,6 +87,23 @@ class Datasets:
 
     def __iter__(self):
         return iter((self.train, self.test))
+
+    def epochs(self, start: int = 0, stop: int | None = None) -> tf.data.Dataset:
+        """The training batches of epochs start..stop-1 (0-based; stop None: endless) in one stream.
+
+        Epoch e's shuffle and augmentation are a function of (seed, e) only: a run
+        resumed at epoch e in a new process sees the batches an uninterrupted run saw.
+        Use with ``model.fit(d.epochs(), steps_per_epoch=d.steps_per_epoch, epochs=n)``.
+        """
+        if self.epoch_batches is None:
+            raise ValueError("these Datasets were not made by nestzoo.data.load; use .train")
+        epochs = tf.data.Dataset.counter(start) if stop is None else tf.data.Dataset.range(start, stop)
+        return epochs.flat_map(self.epoch_batches).prefetch(tf.data.AUTOTUNE)
+
+
+def _describe(source) -> str:
+    return "default" if source is None else repr(str(source)) if isinstance(source, (str, bytes)) or hasattr(
+        source, "__fspath__") else "arrays"
 
 
 def _held_out_count(validation, num_train: int) -> int:
@@ -114,6 +135,24 @@ def _standardizer(mean, std, image_shape):
     return standardize
 
 
+def _epoch_batches(examples, epoch, *, seed, buffer, batch_size, drop_remainder, standardize, augment):
+    """The batches of one training epoch; called by flat_map with an int64 epoch tensor.
+
+    The shuffle seed and the per-batch augmentation seeds are drawn statelessly from
+    (seed, epoch), so an epoch is the same in every process, whatever TensorFlow's
+    global seed (the traced function's graph-level seed is cleared for that).
+    """
+    tf.compat.v1.get_default_graph().seed = None
+    key = tf.random.stateless_uniform([2], tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]),
+                                      minval=None, maxval=None, dtype=tf.int64)
+    batches = examples.shuffle(buffer, seed=key[0], reshuffle_each_iteration=False).batch(batch_size, drop_remainder)
+    if augment is None:
+        return batches.map(standardize, tf.data.AUTOTUNE)
+    return tf.data.Dataset.zip(batches, tf.data.Dataset.counter()).map(
+        lambda batch, index: standardize(augment(batch[0], tf.stack([key[1], index])), batch[1]),
+        tf.data.AUTOTUNE)
+
+
 def _evaluation(examples, standardize, batch_size):
     return examples.batch(batch_size).map(standardize, tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -135,7 +174,8 @@ def load(name: str, batch_size: int = 128, *, source=None, data_dir=None, downlo
         parameters); evaluation batches are never augmented.
     cache: keep tfds's decoded uint8 images in memory after the first epoch.
     shuffle_buffer: default the whole training set. drop_remainder: train only.
-    seed: fixes the shuffling order and the augmentation of every epoch.
+    seed: fixes the shuffling order and the augmentation of every epoch: `epochs()`
+        makes epoch e's a function of (seed, e) alone, which resuming relies on.
     """
     spec = get_spec(name)
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
@@ -144,6 +184,10 @@ def load(name: str, batch_size: int = 128, *, source=None, data_dir=None, downlo
         raise ValueError(f"standardize must be one of {STANDARDIZE_CHOICES}, not {standardize!r}")
     examples = load_examples(spec, source, data_dir=data_dir, download=download)
     num_train = int(examples.train.cardinality())
+    for split, count in (("training", num_train), ("test", int(examples.test.cardinality()))):
+        if count == 0:
+            raise ValueError(f"{spec.name}: the {split} split of the source holds no examples "
+                             f"(source={_describe(source)}); give a non-empty data set")
     held_out = _held_out_count(validation, num_train)
     num_train -= held_out
     splits = examples.train.take(num_train), examples.train.skip(num_train), examples.test
@@ -153,22 +197,24 @@ def load(name: str, batch_size: int = 128, *, source=None, data_dir=None, downlo
     mean, std = (spec.mean, spec.std) if standardize == "published" else channel_stats(train)
 
     standardize_batch = _standardizer(mean, std, spec.input_shape)
-    batches = train.shuffle(shuffle_buffer or num_train, seed=seed).batch(batch_size, drop_remainder)
-    if augment:
-        # one stateless seed per batch, from a stream that is itself seeded and
-        # redrawn every epoch: the same `seed` gives the same augmentations
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        batches = tf.data.Dataset.zip(batches, seeds).map(
-            lambda batch, key: standardize_batch(
-                augment_batch(batch[0], key, pad=spec.pad, flip_probability=spec.flip_probability), batch[1]),
-            tf.data.AUTOTUNE)
-    else:
-        batches = batches.map(standardize_batch, tf.data.AUTOTUNE)
+    epoch_batches = functools.partial(
+        _epoch_batches, train, seed=seed, buffer=shuffle_buffer or num_train, batch_size=batch_size,
+        drop_remainder=drop_remainder, standardize=standardize_batch,
+        augment=functools.partial(augment_batch, pad=spec.pad, flip_probability=spec.flip_probability)
+        if augment else None)
+    steps = num_train // batch_size if drop_remainder else -(-num_train // batch_size)
+    if steps < 1:
+        raise ValueError(f"{spec.name}: {num_train} training examples make no batch of {batch_size} "
+                         "with drop_remainder=True; lower the batch size")
+    # one pass per iteration, each from another epoch key drawn from the seed's stream
+    # (what a plain model.fit(d.train, epochs=...) sees); `epochs()` is the (seed, epoch) one
+    passes = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).flat_map(epoch_batches)
     test_batches = _evaluation(test, standardize_batch, batch_size)
     return Datasets(
-        train=batches.prefetch(tf.data.AUTOTUNE),
+        train=passes.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE),
         validation=_evaluation(validation_examples, standardize_batch, batch_size) if held_out else test_batches,
         test=test_batches, spec=spec, mean=tuple(mean), std=tuple(std), num_train=num_train,
         num_validation=held_out or int(test.cardinality()), num_test=int(test.cardinality()),
         validation_split=f"held out: last {held_out} training examples" if held_out else "test",
+        steps_per_epoch=steps, epoch_batches=epoch_batches,
     )

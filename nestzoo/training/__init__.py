@@ -15,8 +15,9 @@ _ATTRIBUTES = {
     "nestzoo.training.experiments": ("evaluate", "train_seeds"),
     "nestzoo.optimizers": ("CoupledSGD", "MultiStepSchedule"),
     "nestzoo.recipe": ("RECIPES", "Recipe", "get_recipe"),
+    "nestzoo.training.checkpoint": ("CheckpointError", "CommitError"),
     "nestzoo.training.report": ("results_markdown", "results_rows", "write_results"),
-    "nestzoo.training.run": ("TrainingDiverged", "train"),
+    "nestzoo.training.run": ("TrainingDiverged", "TrainingInterrupted", "explosion_bound", "load_model", "train"),
     "nestzoo.training.runtime": ("PRECISIONS", "resolve_jit_compile", "resolve_precision"),
 }
 _HOME = {name: module for module, names in _ATTRIBUTES.items() for name in names}

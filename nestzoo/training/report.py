@@ -16,13 +16,22 @@ def write_csv(path, rows):
     tmp.replace(path)
 
 
+def read_csv(path):
+    """The rows of a log.csv as dicts of numbers (what write_csv wrote)."""
+    with open(path, newline="") as f:
+        return [{k: int(float(v)) if k in ("epoch", "first_in_process") else float(v) for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
 def summarize(config, state, test_loss, test_accuracy):
     """The run's summary: config, accuracies, time per epoch and training images/s.
 
-    The first epoch (tracing, compilation) is left out of the timings when there are others.
+    Only training time counts: the first epoch of each process (tracing, compilation;
+    after every resume too) is left out of the timings when there are others.
     """
     history = state["history"]
-    steady = history[1:] or history
+    first = [i == 0 or bool(row.get("first_in_process")) for i, row in enumerate(history)]
+    steady = [row for row, warm_up in zip(history, first) if not warm_up] or history
     return {
         "config": config,
         "seed": config["seed"],
@@ -141,11 +150,34 @@ def results_markdown(rows):
     return "\n".join(lines)
 
 
+def finished_summaries(directory):
+    """The summaries of every finished run under `directory` (any depth), in path order."""
+    import json
+
+    summaries = []
+    for path in sorted(Path(directory).rglob("summary.json")):
+        try:
+            summary = json.loads(path.read_text())
+        except (ValueError, OSError):
+            continue  # not a run's summary; a finished run's is written atomically
+        if isinstance(summary, dict) and {"config", "test_accuracy", "seed", "parameters"} <= set(summary):
+            summaries.append(summary)
+    return summaries
+
+
 def write_results(summaries, directory):
-    """Write results.md and results.csv for the summaries of finished runs; returns the markdown."""
+    """Write results.md and results.csv for the summaries of finished runs; returns the markdown.
+
+    `summaries` None: every finished run in `directory` (so a second `nestzoo train`
+    into the same folder adds its rows to the first one's).
+    """
+    if summaries is None:
+        summaries = finished_summaries(directory)
     rows = results_rows(summaries)
     markdown = results_markdown(rows)
-    Path(directory, "results.md").write_text(markdown)
+    tmp = Path(directory, "results.md.tmp")
+    tmp.write_text(markdown)
+    tmp.replace(Path(directory, "results.md"))
     write_csv(Path(directory, "results.csv"), rows)
     return markdown
 
