@@ -189,18 +189,11 @@ MIRRORED = textwrap.dedent("""
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     d = data.load("digits", 64, validation=0.1, drop_remainder=True)
     with strategy.scope():
-<<<<<<< HEAD
-        model = nestzoo.ResNet(blocks=1, width=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
-        model.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy")
-    history = model.fit(d.train.take(6), validation_data=d.validation, epochs=1, verbose=0)
-    print("replicas", strategy.num_replicas_in_sync, "loss", history.history["loss"][-1])
-=======
         model = nestzoo.ResNet(blocks=1, width=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
     before = model.evaluate(d.validation, verbose=0)
     history = model.fit(d.train, validation_data=d.validation, epochs=1, verbose=0)
     print("replicas", strategy.num_replicas_in_sync, "before", before, "after", history.history["val_loss"][-1])
->>>>>>> torchref
 """)
 
 

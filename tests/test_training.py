@@ -231,7 +231,8 @@ def test_results_table_has_mean_std_and_parameters():
 def test_train_seeds_writes_table(tmp_path):
     earlier = tmp_path / "resnet20.standard" / "seed0"  # a finished run of an earlier call
     earlier.mkdir(parents=True)
-    (earlier / "summary.json").write_text(json.dumps({"config": {"model": "resnet20.standard", "data": "tf.data"},
+    (earlier / "summary.json").write_text(json.dumps({"config": {"model": "resnet20.standard", "arch": "resnet20",
+                                                                 "variant": "standard", "data": "tf.data"},
                                                       "seed": 0, "test_accuracy": 0.5, "parameters": 1000}))
     summaries = training.train_seeds(tiny_a_resnest, tiny_data(n=32), seeds=[0, 1], output_dir=tmp_path,
                                      epochs=1, verbose=0)

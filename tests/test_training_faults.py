@@ -126,7 +126,7 @@ def other_architecture(run_dir):
     """The checkpoint of resnet20.standard in the folder of a resnet20.a-resnest run (copied over)."""
     config = json.loads((run_dir / "config.json").read_text())
     other = nestzoo.create_model("resnet20.a-resnest", input_shape=(8, 8, 1), classes=10)
-    config.update(model="resnet20.a-resnest", parameters=int(sum(np.prod(w.shape) for w in other.trainable_weights)))
+    config.update(model="resnet20.a-resnest", variant="a-resnest", parameters=int(sum(np.prod(w.shape) for w in other.trainable_weights)))
     (run_dir / "config.json").write_text(json.dumps(config))
     return (rf"the checkpoint in {run_dir}/checkpoint was written for another model \(it holds \d+ variables, "
             r"resnet20.a-resnest has \d+; the first that differs is .*\); resume it with the model it was trained")
@@ -183,7 +183,7 @@ def test_kill_before_config_rename_or_during_epoch_1_leaves_a_resumable_folder(t
 
 def test_divergence_messages_and_the_explosion_rule(tmp_path):
     schedule = training.MultiStepSchedule(0.1, 10, [2], 0.2)
-    guard = run._DivergenceGuard(MODEL, 0.1, schedule, 10, classes=10, run_dir=tmp_path)
+    guard = run._DivergenceGuard(MODEL, False, 0.1, schedule, 10, classes=10, run_dir=tmp_path)
     guard.on_epoch_begin(0)
     guard.on_train_batch_end(0, {"loss": 2.3})
     with pytest.raises(training.TrainingDiverged, match=r"the loss became nan at batch 3 at epoch 1 \(learning rate "

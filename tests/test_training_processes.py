@@ -122,6 +122,7 @@ MIRRORED = textwrap.dedent("""
     summary = training.train(tiny, (data, data), output_dir=sys.argv[1], epochs=2, strategy=strategy, verbose=0)
     predictions = keras.saving.load_model(sys.argv[1] + "/model.keras").predict(x, verbose=0)
     summary["numpy_accuracy"] = float(np.mean(predictions.argmax(axis=1) == y))  # independent of evaluate()
+    summary["numpy_loss"] = float(np.mean(-np.log(predictions[np.arange(len(y)), y])))
     print(json.dumps(summary))
 """)
 
@@ -134,4 +135,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["config"]["replicas"] == 2 and summary["epochs"] == 2
-    assert summary["test_accuracy"] == pytest.approx(summary["numpy_accuracy"]) and summary["images_per_second"] > 0
+    # the saved model is the one evaluated: evaluate() under MirroredStrategy and a single-device predict
+    # agree to ~1e-4 in the loss (measured), enough to flip one near-tie example of 64
+    assert summary["test_loss"] == pytest.approx(summary["numpy_loss"], rel=1e-3)
+    assert abs(summary["test_accuracy"] - summary["numpy_accuracy"]) <= 1 / 64 + 1e-9
+    assert summary["images_per_second"] > 0

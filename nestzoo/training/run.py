@@ -359,8 +359,14 @@ def _check_run_dir(run_dir, config, resume):
     comparable_old = {k: v for k, v in old.items() if k not in ignored}
     comparable_new = {k: v for k, v in config.items() if k not in ignored}
     differ = list(_differences(comparable_old, comparable_new))
-    if differ and [d[0] for d in differ] == ["recipe.epochs"] and differ[0][2] > differ[0][1]:
-        return {**old, "extend": (differ[0][1], differ[0][2])}
+    if any(key == "recipe.epochs" and given > stored for key, stored, given in differ):
+        # more epochs may move milestones that lie ahead (a scaled schedule), never one already passed:
+        # milestone m changes the rate from epoch m + 1 on
+        done = old["recipe"]["epochs"]
+        differ = [(key, a, b) for key, a, b in differ
+                  if key != "recipe.milestones" or [m for m in a if m < done] != [m for m in b if m < done]]
+        if [key for key, _, _ in differ] == ["recipe.epochs"]:
+            return {**old, "extend": (differ[0][1], differ[0][2])}
     if differ:
         fields = "; ".join(f"{key}: stored {a!r}, given {b!r}" for key, a, b in differ)
         extra = (" (a run can be extended with more epochs, never shortened)"
