@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-INSTALL = {"jax": "pip install jax==0.10.2 jaxlib==0.10.2",
-           "torch": "pip install torch --index-url https://download.pytorch.org/whl/cpu"}
+INSTALL = {"jax": 'pip install -e ".[test]" (jax>=0.10.2)', "torch": 'pip install -e ".[test]" (torch>=2.4,<2.14)'}
 # Tiny custom networks: a registered arch (resnet20, ~70 layers) takes ~40 s to build under JAX here.
 RESNET = dict(blocks=(1, 1, 1), width=(4, 8, 8), input_shape=(8, 8, 3))
 DENSENET = dict(blocks=(2, 2, 2), features=4, input_shape=(8, 8, 3))
