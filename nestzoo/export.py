@@ -36,12 +36,13 @@ import os
 import shutil
 import time
 import uuid
-import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from nestzoo.training.run import check_finite, load_model
 
 METADATA_FILE = "nestzoo.json"
 CIFAR10_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -66,13 +67,8 @@ def _read_json(path):
 
 
 def _load_keras(path):
-    from nestzoo import optimizers  # noqa: F401  (registers nestzoo's optimizer and schedule for .keras files)
-
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as error:  # Keras raises many types for a file that is not a model
-        raise ValueError(f"{str(path)!r} is not a Keras model file (.keras): {type(error).__name__}: "
-                         f"{(str(error).splitlines() or [''])[0]}") from error
+    """A .keras file, refused by name when missing, truncated, garbage or holding non-finite weights."""
+    return load_model(path, compile=False)
 
 
 def load_source(source):
@@ -348,19 +344,21 @@ def _outputs(forward, task, x):
 
 
 def _check_shape(x, spec):
-    """Fail with the expected spec when `x` is not a batch of spec.shape[1:] (signatures check only the dtype)."""
+    """An assertion failing with the expected spec when `x` is not a batch of spec.shape[1:] (signatures
+    check only the dtype)."""
     expected = list(spec.shape[1:])
     actual = tf.shape(x)
     same = tf.cond(tf.equal(tf.size(actual), len(expected) + 1),
                    lambda: tf.reduce_all(tf.equal(actual[1:], expected)), lambda: tf.constant(False))
     described = f"{spec.dtype.name} (None, {', '.join(map(str, expected))})"
-    tf.debugging.Assert(same, [f"{spec.name} must be {described}; got shape", actual])
+    return tf.debugging.Assert(same, [f"{spec.name} must be {described}; got shape", actual])
 
 
 def _compiled(body, spec, jit_compile):
     """`body` as a tf.function of `spec`, checking the input's shape, XLA-compiled with `jit_compile`."""
     def checked(x):
-        _check_shape(x, spec)
+        with tf.control_dependencies([_check_shape(x, spec)]):  # before any op that could fail on the shape
+            x = tf.identity(x)
         return body(x)
 
     checked.__name__ = body.__name__
@@ -511,7 +509,9 @@ def export_saved_model(model, directory, *, dataset=None, task=None, fold_batch_
         raise ValueError(f"{str(directory)!r} exists; an export never overwrites a version: choose another "
                          "directory or version")
     source = load_source(model)
-    check_nestzoo_model(source.model, f"{str(source.path)!r}" if source.path else "the model")
+    where = f"{str(source.path)!r}" if source.path else "the model"
+    check_nestzoo_model(source.model, where)
+    check_finite(source.model, where)
     dataset = _dataset_of(source, dataset)
     module = serving_module(source.model, dataset=dataset, task=task, fold_batch_norm=fold_batch_norm,
                             jit_compile=jit_compile)

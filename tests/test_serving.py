@@ -171,8 +171,17 @@ def test_export_refuses_bad_sources(capsys, tmp_path):
     assert code == 2 and "is not a nestzoo model" in out and "keras.export.ExportArchive" in out
     (tmp_path / "broken.keras").write_text("no zip")
     code, out = run(capsys, "export", tmp_path / "broken.keras", "--base-dir", tmp_path)
-    assert code == 2 and "is not a Keras model file (.keras)" in out
-    assert sorted(os.listdir(tmp_path)) == ["broken.keras", "other.keras", "run"]
+    assert code == 2 and "broken.keras is not a Keras model file" in out and "truncated, damaged" in out
+    diverged = nestzoo.ResNet(blocks=1, width=(4, 8, 8), input_shape=(8, 8, 1))
+    weights = diverged.get_weights()
+    weights[0][0, 0, 0, 0] = np.nan
+    diverged.set_weights(weights)
+    diverged.save(tmp_path / "diverged.keras")
+    code, out = run(capsys, "export", tmp_path / "diverged.keras", "--base-dir", tmp_path, "--dataset", "digits")
+    assert code == 2 and "diverged.keras holds non-finite weights (NaN or infinity in " in out
+    with pytest.raises(ValueError, match="the model holds non-finite weights"):
+        export.export_saved_model(diverged, tmp_path / "diverged" / "1", dataset="digits")
+    assert sorted(os.listdir(tmp_path)) == ["broken.keras", "diverged.keras", "other.keras", "run"]
 
 
 @pytest.mark.parametrize("command, words", [

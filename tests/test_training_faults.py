@@ -94,6 +94,12 @@ def test_commit_failure_keeps_what_was_committed_then_resume_extend_and_config_c
     assert config["recipe"]["epochs"] == 3
     assert config["extended"] == [{"from_epochs": 2, "to_epochs": 3, "after_epoch": 2}]
     assert int(keras.models.load_model(run_dir / "model.keras").optimizer.iterations) == 3 * 2
+    # the paper's milestones scaled to 2 epochs are [1], to 3 epochs [1, 2]: the new one lies ahead
+    assert config["recipe"]["milestones"] == [1, 2]
+    # a milestone already passed may not move
+    with pytest.raises(ValueError, match=r"differs in recipe.epochs: stored 3, given 4; recipe.milestones: "
+                                         r"stored \[1, 2\], given \[2\]\. "):
+        train(run_dir, resume=True, epochs=4, milestones=(2,))
 
 
 def damage_overwrite(run_dir):

@@ -403,12 +403,17 @@ def load_model(path, compile=True):
         raise ValueError(f"{path} could not be loaded as a Keras model ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''}); it is damaged or was written "
                          "by an incompatible version: save it again or use another copy") from None
+    check_finite(model, str(path))
+    return model
+
+
+def check_finite(model, where):
+    """Refuse a model holding NaN or infinite weights (a diverged run's, or a damaged file's)."""
     for weight in model.weights:
         if not np.isfinite(keras.ops.convert_to_numpy(weight)).all():
-            raise ValueError(f"{path} holds non-finite weights (NaN or infinity in {weight.path}): it was saved "
+            raise ValueError(f"{where} holds non-finite weights (NaN or infinity in {weight.path}): it was saved "
                              "from a diverged run or is damaged; do not use it. Train again, or use the run's "
                              "best.weights.h5")
-    return model
 
 
 def _wait_quietly(run_state):
