@@ -15,8 +15,9 @@ and 9), ``builders`` (the public builders), ``basis`` (the taps v_i, x_i), ``the
 The package's attributes are imported on first use (PEP 562), so ``import nestzoo``
 and the ``nestzoo`` command start without loading Keras and TensorFlow.
 """
-import importlib
 import os
+
+from nestzoo._lazy import attach
 
 # Before Keras imports TensorFlow: oneDNN kernels, which TensorFlow leaves off on some
 # CPUs (AMD's), train nestzoo's networks about twice as fast there (README, "Speed").
@@ -37,17 +38,4 @@ _ATTRIBUTES = {
     "nestzoo.specs": ("DenseNetSpec", "ResNetSpec", "VectorDenseNetSpec", "VectorResNetSpec"),
     "nestzoo.theory": ("assumption4", "block_risks", "bottleneck_condition", "erlb"),
 }
-_HOME = {name: module for module, names in _ATTRIBUTES.items() for name in names}
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name):
-    if name not in _HOME:
-        raise AttributeError(f"module 'nestzoo' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOME[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = attach(globals(), _ATTRIBUTES)

@@ -9,7 +9,7 @@ The attributes are imported on first use (PEP 562): the catalog (`DATASETS`,
 `get_spec`) and `DatasetNotFoundError` without TensorFlow, so the ``nestzoo`` command
 reads them instantly; `load` and the pipelines import TensorFlow.
 """
-import importlib
+from nestzoo._lazy import attach
 
 _ATTRIBUTES = {
     "nestzoo.data.catalog": ("DATASETS", "DatasetSpec", "get_spec"),
@@ -17,17 +17,4 @@ _ATTRIBUTES = {
     "nestzoo.data.pipeline": ("Datasets", "augment_batch", "channel_stats", "load"),
     "nestzoo.data.sources": ("DIGITS_NUM_TRAIN",),
 }
-_HOME = {name: module for module, names in _ATTRIBUTES.items() for name in names}
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name):
-    if name not in _HOME:
-        raise AttributeError(f"module 'nestzoo.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOME[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = attach(globals(), _ATTRIBUTES)

@@ -9,7 +9,7 @@
 The attributes are imported on first use (PEP 562), so the ``nestzoo`` command reads
 the recipe and precision names without importing TensorFlow.
 """
-import importlib
+from nestzoo._lazy import attach
 
 _ATTRIBUTES = {
     "nestzoo.training.experiments": ("evaluate", "train_seeds"),
@@ -20,17 +20,4 @@ _ATTRIBUTES = {
     "nestzoo.training.run": ("TrainingDiverged", "TrainingInterrupted", "explosion_bound", "load_model", "train"),
     "nestzoo.training.runtime": ("PRECISIONS", "resolve_jit_compile", "resolve_precision"),
 }
-_HOME = {name: module for module, names in _ATTRIBUTES.items() for name in names}
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name):
-    if name not in _HOME:
-        raise AttributeError(f"module 'nestzoo.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOME[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = attach(globals(), _ATTRIBUTES)
