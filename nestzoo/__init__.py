@@ -37,5 +37,6 @@ _ATTRIBUTES = {
     "nestzoo.registry": ("ARCHS", "HEADS", "create_model", "list_models"),
     "nestzoo.specs": ("DenseNetSpec", "ResNetSpec", "VectorDenseNetSpec", "VectorResNetSpec"),
     "nestzoo.theory": ("assumption4", "block_risks", "bottleneck_condition", "erlb"),
+    "nestzoo.training.run": ("load_model",),
 }
 __getattr__, __dir__, __all__ = attach(globals(), _ATTRIBUTES)

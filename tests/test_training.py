@@ -2,6 +2,8 @@
 import csv
 import json
 import re
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -168,6 +170,17 @@ def test_run_directory_contents(finished_run):
     best.load_weights(run_dir / "best.weights.h5")
     best.compile(loss=run.loss_for(best), metrics=["accuracy"])
     assert best.evaluate(tiny_data()[1], verbose=0)[1] == pytest.approx(summary["best_val_accuracy"])
+
+
+def test_a_saved_run_reloads_in_a_fresh_process_with_nestzoo_load_model(finished_run):
+    """`import nestzoo` registers nothing (it is lazy); nestzoo.load_model finds nestzoo's optimizer."""
+    run_dir, _ = finished_run
+    script = ("import sys, nestzoo; model = nestzoo.load_model(sys.argv[1]); "
+              "print(type(model.optimizer).__name__, int(model.optimizer.iterations))")
+    result = subprocess.run([sys.executable, "-c", script, str(run_dir / "model.keras")], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["CoupledSGD", str(2 * 4)]
 
 
 def test_directory_of_another_run_is_refused_unless_resuming(finished_run, tmp_path):

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nestzoo import registry
+from nestzoo import optimizers, registry  # noqa: F401  (optimizers registers CoupledSGD, MultiStepSchedule)
 from nestzoo.heads import variant_of
 from nestzoo.recipe import get_recipe
 from nestzoo.training import checkpoint, report
