@@ -38,3 +38,20 @@ def assert_reloads(tmp_path):
         np.testing.assert_array_equal(model.predict(x, verbose=0), reloaded.predict(x, verbose=0))
 
     return check
+
+
+@pytest.fixture
+def nestzoo_cli(capsys):
+    """Run `nestzoo argv...` in this process; returns (exit code, stdout + stderr)."""
+    from nestzoo import cli
+
+    def run(*argv):
+        try:
+            cli.main([str(a) for a in argv])
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+        out = capsys.readouterr()
+        return code, out.out + out.err
+
+    return run

@@ -18,19 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CPP_LOG = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] ", re.M)
 
 
-def run(capsys, *argv):
-    """Exit code and output of `nestzoo argv...`."""
-    try:
-        cli.main(list(argv))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    out = capsys.readouterr()
-    return code, out.out + out.err
-
-
-def test_models_lists_the_registry(capsys):
-    code, out = run(capsys, "models", "resnet20")
+def test_models_lists_the_registry(nestzoo_cli):
+    code, out = nestzoo_cli("models", "resnet20")
     assert code == 0 and out.split() == ["resnet20.a-resnest", "resnet20.bn-resnest", "resnet20.resnest",
                                          "resnet20.standard"]
 
@@ -40,8 +29,8 @@ def test_models_lists_the_registry(capsys):
                "--precision", "--jit-compile", "--mirrored", "--output", "--resume", "coupled weight decay"]),
     ("evaluate", ["model", "--dataset", "--batch-size"]),
 ])
-def test_help_describes_options(capsys, command, words):
-    code, out = run(capsys, command, "--help")
+def test_help_describes_options(nestzoo_cli, command, words):
+    code, out = nestzoo_cli(command, "--help")
     assert code == 0 and all(w in out for w in words)
 
 
@@ -55,14 +44,14 @@ def test_help_describes_options(capsys, command, words):
     (["--arch", "resnet21"], "unknown arch 'resnet21'; valid choices: resnet20, resnet110"),
     (["--variant", "densenest"], "unknown resnet variant 'densenest'; valid choices: standard, resnest"),
 ])
-def test_bad_train_options_are_refused(capsys, argv, message):
-    code, out = run(capsys, "train", *argv)
+def test_bad_train_options_are_refused(nestzoo_cli, argv, message):
+    code, out = nestzoo_cli("train", *argv)
     assert code == 2 and message in out
 
 
-def test_train_then_evaluate(capsys, tmp_path):
+def test_train_then_evaluate(nestzoo_cli, tmp_path):
     output = tmp_path / "runs"
-    code, out = run(capsys, "train", "--variant", "resnest", "--epochs", "2", "--batch-size", "256",
+    code, out = nestzoo_cli("train", "--variant", "resnest", "--epochs", "2", "--batch-size", "256",
                     "--output", str(output), "--verbose", "0")
     assert code == 0, out
     run_dir = output / "resnet20.resnest" / "seed0"
@@ -70,20 +59,20 @@ def test_train_then_evaluate(capsys, tmp_path):
     assert summary["config"]["data"] == "digits" and summary["config"]["initial_learning_rate"] == 0.01
     assert f"test accuracy: {100 * summary['test_accuracy']:.2f}%" in out and "resnet20.resnest" in out
 
-    code, out = run(capsys, "evaluate", str(run_dir / "model.keras"), "--verbose", "0")
+    code, out = nestzoo_cli("evaluate", str(run_dir / "model.keras"), "--verbose", "0")
     assert code == 0 and f"accuracy {100 * summary['test_accuracy']:.2f}%" in out
 
     served = tmp_path / "saved_models" / "resnet20_resnest" / "1"
-    code, out = run(capsys, "export", str(run_dir), "--base-dir", str(tmp_path / "saved_models"))  # data from config
+    code, out = nestzoo_cli("export", str(run_dir), "--base-dir", str(tmp_path / "saved_models"))  # data from config
     assert code == 0 and (served / "saved_model.pb").is_file(), out
-    code, out = run(capsys, "export", str(run_dir), "--base-dir", str(tmp_path / "saved_models"), "--version", "1")
+    code, out = nestzoo_cli("export", str(run_dir), "--base-dir", str(tmp_path / "saved_models"), "--version", "1")
     assert code == 2 and "an export never overwrites a version" in out
 
-    code, out = run(capsys, "train", "--variant", "resnest", "--output", str(output), "--verbose", "0")
+    code, out = nestzoo_cli("train", "--variant", "resnest", "--output", str(output), "--verbose", "0")
     assert code == 2 and "holds another run's files; pass resume=True (--resume)" in out
 
 
-def test_train_accepts_typed_spellings_and_validation_counts(capsys, monkeypatch):
+def test_train_accepts_typed_spellings_and_validation_counts(nestzoo_cli, monkeypatch):
     seen = {}
 
     def fake_train_seeds(models, data, seeds, **kwargs):
@@ -91,23 +80,23 @@ def test_train_accepts_typed_spellings_and_validation_counts(capsys, monkeypatch
         raise ValueError("stop here")
 
     monkeypatch.setattr(cli.training, "train_seeds", fake_train_seeds)
-    run(capsys, "train", "--arch", "WRN-16-8", "--variant", "AResNEst", "BN_ResNEst", "--validation", "5000")
+    nestzoo_cli("train", "--arch", "WRN-16-8", "--variant", "AResNEst", "BN_ResNEst", "--validation", "5000")
     assert seen == {"models": ["wrn16-8.a-resnest", "wrn16-8.bn-resnest"], "validation": 5000}
-    run(capsys, "train", "--validation", "0.1")
+    nestzoo_cli("train", "--validation", "0.1")
     assert seen["validation"] == 0.1
 
 
-def test_missing_data_is_one_clear_error(capsys, monkeypatch):
+def test_missing_data_is_one_clear_error(nestzoo_cli, monkeypatch):
     def no_data(*args, **kwargs):
         raise cli.DatasetNotFoundError("cifar10 is not in ~/tensorflow_datasets; local layouts accepted: ...")
 
     monkeypatch.setattr(cli.training, "train_seeds", no_data)
-    code, out = run(capsys, "train", "--dataset", "cifar10")
+    code, out = nestzoo_cli("train", "--dataset", "cifar10")
     assert code == 2 and "\nnestzoo train: error: cifar10 is not in ~/tensorflow_datasets" in out
     assert "Traceback" not in out
 
 
-def test_data_options_reach_the_loader(capsys, monkeypatch, tmp_path):
+def test_data_options_reach_the_loader(nestzoo_cli, monkeypatch, tmp_path):
     seen = {}
 
     def fake_train_seeds(models, data, seeds, **kwargs):
@@ -115,9 +104,9 @@ def test_data_options_reach_the_loader(capsys, monkeypatch, tmp_path):
         raise ValueError("stop here")
 
     monkeypatch.setattr(cli.training, "train_seeds", fake_train_seeds)
-    run(capsys, "train", "--dataset", "cifar10", "--source", "~/cifar-10-batches-py", "--data-dir", "/d", "--no-download")
+    nestzoo_cli("train", "--dataset", "cifar10", "--source", "~/cifar-10-batches-py", "--data-dir", "/d", "--no-download")
     assert seen == {"source": "~/cifar-10-batches-py", "data_dir": "/d", "download": False}
-    code, out = run(capsys, "evaluate", "model.keras", "--dataset", "cifar100", "--data-dir", str(tmp_path),
+    code, out = nestzoo_cli("evaluate", "model.keras", "--dataset", "cifar100", "--data-dir", str(tmp_path),
                     "--no-download")
     assert code == 2 and f"CIFAR-100 is not prepared in {tmp_path / 'cifar100'}" in out and "download=False" in out
 
@@ -140,8 +129,8 @@ def test_help_and_listing_import_no_tensorflow(argv):
     assert "usage: nestzoo" in result.stdout or "wrn16-8.standard" in result.stdout
 
 
-def test_train_help_states_each_default_once(capsys):
-    code, out = run(capsys, "train", "--help")
+def test_train_help_states_each_default_once(nestzoo_cli):
+    code, out = nestzoo_cli("train", "--help")
     text = " ".join(out.split())
     assert code == 0 and "(default: None)" not in text and "(default: False)" not in text
     assert "(default: the test set, as the paper)" in text and "as the paper) (default" not in text
@@ -182,9 +171,9 @@ def test_train_prints_and_records_the_milestones_with_tensorflow_quiet(tmp_path)
     assert loud.returncode == 0 and CPP_LOG.search(loud.stderr), loud.stderr[-3000:]
 
 
-def test_summary_into_a_file_is_not_cut_at_80_columns(capsys, monkeypatch):
+def test_summary_into_a_file_is_not_cut_at_80_columns(nestzoo_cli, monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)  # restored after the test
-    code, out = run(capsys, "summary", "resnet20.a-resnest")
+    code, out = nestzoo_cli("summary", "resnet20.a-resnest")
     lines = out.splitlines()
     assert code == 0 and max(map(len, lines)) > 100
     assert re.search(r"│ block\d+_\w+ \(BatchNormalization\) +│", out)  # a name and its type on one line

@@ -14,22 +14,11 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import nestzoo
-from nestzoo import cli, data, export
+from nestzoo import data, export
 from nestzoo.predict import Predictor, read_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "resnet20_a-resnest"
-
-
-def run(capsys, *argv):
-    """Exit code and output of `nestzoo argv...`."""
-    try:
-        cli.main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def digits_images(count):
@@ -60,13 +49,13 @@ def served(run_dir, tmp_path_factory):
     return export.export(run_dir, tmp_path_factory.mktemp("saved_models"))
 
 
-def test_export_picks_versions_never_overwrites_and_writes_metadata(capsys, run_dir, served):
+def test_export_picks_versions_never_overwrites_and_writes_metadata(nestzoo_cli, run_dir, served):
     base = served.parent.parent
     assert served == base / NAME / "1"
-    code, out = run(capsys, "export", run_dir, "--base-dir", base)
+    code, out = nestzoo_cli("export", run_dir, "--base-dir", base)
     assert code == 0 and f"SavedModel written to {base / NAME / '2'}" in out, out
     assert "uint8 images -> probabilities, class_ids, logits" in out
-    code, out = run(capsys, "export", run_dir, "--base-dir", base, "--version", 1)
+    code, out = nestzoo_cli("export", run_dir, "--base-dir", base, "--version", 1)
     assert code == 2 and f"{str(base / NAME / '1')!r} exists; an export never overwrites a version" in out
     assert "(3)" in out  # it names the next free version
     assert sorted(os.listdir(base / NAME)) == ["1", "2"]
@@ -108,7 +97,7 @@ def write_pngs(folder, images):
     return sorted(folder.glob("*.png"))
 
 
-def test_predict_matches_the_model(capsys, run_dir, served, tmp_path):
+def test_predict_matches_the_model(nestzoo_cli, run_dir, served, tmp_path):
     images = digits_images(4)
     files = write_pngs(tmp_path / "pngs", images)
     np.save(tmp_path / "batch.npy", images[:2, ..., 0])  # (N, H, W) grayscale
@@ -116,7 +105,7 @@ def test_predict_matches_the_model(capsys, run_dir, served, tmp_path):
     spec = data.get_spec("digits")
     expected = model.predict(((images / 255 - np.array(spec.mean)) / np.array(spec.std)).astype("float32"), verbose=0)
 
-    code, out = run(capsys, "predict", served.parent, tmp_path / "pngs", tmp_path / "batch.npy", "--json",
+    code, out = nestzoo_cli("predict", served.parent, tmp_path / "pngs", tmp_path / "batch.npy", "--json",
                     "--top-k", 2)  # saved_models/<name>: its latest version
     assert code == 0, out
     rows = json.loads(out)
@@ -127,11 +116,11 @@ def test_predict_matches_the_model(capsys, run_dir, served, tmp_path):
         assert [c["class_name"] for c in row["top"]] == [str(c) for c in best]
         np.testing.assert_allclose([c["probability"] for c in row["top"]], p[best], rtol=1e-4, atol=1e-6)
 
-    code, text = run(capsys, "predict", run_dir / "model.keras", files[0], "--top-k", 1)  # a .keras file
+    code, text = nestzoo_cli("predict", run_dir / "model.keras", files[0], "--top-k", 1)  # a .keras file
     assert code == 0 and text.strip() == f"{files[0]}: {np.argmax(expected[0])} {100 * expected[0].max():.1f}%"
 
 
-def test_predict_refuses_bad_inputs(capsys, served, tmp_path):
+def test_predict_refuses_bad_inputs(nestzoo_cli, served, tmp_path):
     predictor = Predictor(served)
     images = digits_images(2)
     (tmp_path / "notes.png").write_text("not an image")
@@ -155,29 +144,29 @@ def test_predict_refuses_bad_inputs(capsys, served, tmp_path):
         with pytest.raises(ValueError, match=message):
             read_inputs([tmp_path / name], predictor)
     read_inputs([tmp_path / "dark.npy"], predictor, range_check=False)  # the check can be turned off
-    code, out = run(capsys, "predict", served, tmp_path / "dark.npy")
+    code, out = nestzoo_cli("predict", served, tmp_path / "dark.npy")
     assert code == 2 and "nestzoo predict: error:" in out and "largest pixel value is" in out and "0..16" in out
 
 
-def test_export_refuses_bad_sources(capsys, tmp_path):
+def test_export_refuses_bad_sources(nestzoo_cli, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
-    code, out = run(capsys, "export", tmp_path / "run", "--base-dir", tmp_path)
+    code, out = nestzoo_cli("export", tmp_path / "run", "--base-dir", tmp_path)
     assert code == 2 and "holds no model.keras: expected a run directory" in out
     other = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
                               keras.layers.Dense(10, activation="softmax")])
     other.save(tmp_path / "other.keras")
-    code, out = run(capsys, "export", tmp_path / "other.keras", "--base-dir", tmp_path, "--dataset", "digits")
+    code, out = nestzoo_cli("export", tmp_path / "other.keras", "--base-dir", tmp_path, "--dataset", "digits")
     assert code == 2 and "is not a nestzoo model" in out and "keras.export.ExportArchive" in out
     (tmp_path / "broken.keras").write_text("no zip")
-    code, out = run(capsys, "export", tmp_path / "broken.keras", "--base-dir", tmp_path)
+    code, out = nestzoo_cli("export", tmp_path / "broken.keras", "--base-dir", tmp_path)
     assert code == 2 and "broken.keras is not a Keras model file" in out and "truncated, damaged" in out
     diverged = nestzoo.ResNet(blocks=1, width=(4, 8, 8), input_shape=(8, 8, 1))
     weights = diverged.get_weights()
     weights[0][0, 0, 0, 0] = np.nan
     diverged.set_weights(weights)
     diverged.save(tmp_path / "diverged.keras")
-    code, out = run(capsys, "export", tmp_path / "diverged.keras", "--base-dir", tmp_path, "--dataset", "digits")
+    code, out = nestzoo_cli("export", tmp_path / "diverged.keras", "--base-dir", tmp_path, "--dataset", "digits")
     assert code == 2 and "diverged.keras holds non-finite weights (NaN or infinity in " in out
     with pytest.raises(ValueError, match="the model holds non-finite weights"):
         export.export_saved_model(diverged, tmp_path / "diverged" / "1", dataset="digits")
@@ -189,6 +178,6 @@ def test_export_refuses_bad_sources(capsys, tmp_path):
                 "--jit-compile", "never overwritten"]),
     ("predict", ["EXPORT_OR_KERAS_FILE", "IMAGES", "--top-k", "--json", "--range-check", "not resized"]),
 ])
-def test_help_describes_options(capsys, command, words):
-    code, out = run(capsys, command, "--help")
+def test_help_describes_options(nestzoo_cli, command, words):
+    code, out = nestzoo_cli(command, "--help")
     assert code == 0 and all(w in " ".join(out.split()) for w in words), out

@@ -45,11 +45,9 @@ def _stop_after(process, run_dir, epoch, sig):
 
 
 def _weights(path):
-    import keras
+    import nestzoo
 
-    import nestzoo  # noqa: F401 - registers CoupledSGD and MultiStepSchedule
-
-    return keras.models.load_model(path).get_weights()
+    return nestzoo.load_model(path).get_weights()
 
 
 def test_interrupted_and_killed_run_resumes_bit_for_bit(tmp_path):
