@@ -245,14 +245,12 @@ def _analyze(args):
     import json
     import os
 
-    import keras
-
-    from nestzoo import builders, theory  # noqa: F401  (builders registers nestzoo's objects for loading)
+    from nestzoo import theory
 
     path = os.path.join(args.model, "model.keras") if os.path.isdir(args.model) else args.model
     if not os.path.isfile(path):
         raise ValueError(f"{args.model!r} is neither a .keras file nor a run directory holding model.keras")
-    model = keras.saving.load_model(path)
+    model = training.load_model(path)  # refuses a damaged file and non-finite weights by name
     report = {"model": path, "dataset": args.dataset}
     try:
         condition, rank = theory.bottleneck_condition(model), theory.assumption4(model)

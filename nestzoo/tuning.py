@@ -57,6 +57,7 @@ from keras_tuner.src.engine.trial import TrialStatus
 from nestzoo import registry, specs, theory
 from nestzoo.builders import build_model
 from nestzoo.recipe import get_recipe
+from nestzoo.training import checkpoint
 from nestzoo.training.run import is_resnest, loss_for
 
 FAMILIES = ("image", "vector")
@@ -178,10 +179,7 @@ def _atomic_save_json(path, obj):
     if "://" in str(path):
         return _save_json(path, obj)
     text = json.dumps(obj)
-    tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    checkpoint.atomic_write_text(path, text)
     return text
 
 
@@ -481,9 +479,7 @@ def _prepare_directory(directory, fingerprint, resume, overwrite, worker):
                              "overwrite=True (--overwrite) starts it again")
     directory.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        tmp = path.with_name(f"{SPACE_FILE}.{os.getpid()}")
-        tmp.write_text(json.dumps(fingerprint, indent=1))
-        os.replace(tmp, path)
+        checkpoint.atomic_write_text(path, json.dumps(fingerprint, indent=1))
 
 
 @dataclasses.dataclass

@@ -202,3 +202,14 @@ def test_cli_analyze_writes_the_report_beside_the_model(tmp_path, capsys):
     report = json.loads((tmp_path / "model_theory.json").read_text())
     assert report["erlb"]["epsilon"] >= 0 and len(report["block_risks"]["blocks"]) == 2
     assert (tmp_path / "model_theory.png").stat().st_size > 1000
+
+
+def test_cli_analyze_refuses_non_finite_weights(tmp_path, nestzoo_cli):
+    model = nestzoo.ResNEst(blocks=(1,), width=(4,), features=(2,), input_shape=(8, 8, 1), classes=10)
+    weights = model.get_weights()
+    weights[0][...] = np.inf
+    model.set_weights(weights)
+    model.save(tmp_path / "model.keras")
+    code, out = nestzoo_cli("analyze", tmp_path, "--dataset", "digits")
+    assert code == 2 and "model.keras holds non-finite weights (NaN or infinity in " in out
+    assert not (tmp_path / "model_theory.json").exists()

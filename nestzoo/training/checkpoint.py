@@ -96,8 +96,10 @@ def write_arrays(path, arrays):
 
 
 def atomic_write_text(path, text):
+    """Write `text` to `path` under a temporary name unique to this process and thread, then rename:
+    a reader, or a kill, never sees a partial file, and concurrent writers never share a temporary."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
