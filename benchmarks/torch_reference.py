@@ -1,7 +1,7 @@
 """The paper's CIFAR networks written in PyTorch: the reference for tests and timings.
 
-Built from the description of the paper's reference implementation (REFERENCE.md,
-"CIFAR architectures of the reference implementation"), not from nestzoo's code:
+Built from the description of the paper's reference implementation (docs/reference.md,
+"Architectures and parameter counts"), not from nestzoo's code:
 one pre-activation backbone and the four heads (Standard, ResNEst, BN-ResNEst,
 A-ResNEst). tests/test_torch_reference.py copies these networks' weights into
 nestzoo's models and requires equal outputs; train_throughput.py (CPU) and

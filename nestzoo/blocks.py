@@ -14,7 +14,7 @@ transitions are ``transition{s}_bn``/``_relu``/``_conv``/``_pool``. Vector block
 """
 from keras import layers
 
-from nestzoo.layers import batch_norm, conv, linear, matrix
+from nestzoo.layers import batch_norm, channel_axis, conv, linear, matrix
 
 
 def basic_features(y, features, stride, name):
@@ -51,7 +51,7 @@ def residual_block(x, width, features, stride, block, name, residual=True):
     if not residual:
         return None, v
     shortcut = x
-    if stride != 1 or x.shape[-1] != width:
+    if stride != 1 or x.shape[channel_axis(x)] != width:
         shortcut = conv(y, width, 1, stride, name=f"{name}_shortcut")
     out = conv(v, width, w_kernel, name=f"{name}_W")
     return layers.Add(name=f"{name}_x")([out, shortcut]), v
@@ -72,7 +72,7 @@ def dense_features(x, growth, pointwise, name):
 
 def dense_block(x, v, name):
     """Eq. (8): x_i = concat(x_{i-1}, v_i) with v_i = Q_i(x_{i-1}); returns (x_i, v_i)."""
-    return layers.Concatenate(name=f"{name}_x")([x, v]), v
+    return layers.Concatenate(axis=channel_axis(x), name=f"{name}_x")([x, v]), v
 
 
 def transition(x, channels, name):

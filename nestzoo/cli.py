@@ -7,16 +7,19 @@ NESTZOO_TF_LOG=1; importing the library changes no logging.
 """
 import argparse
 import contextlib
+import difflib
 import os
 import math
 import shlex
 import sys
 import time
+from pathlib import Path
 
-from nestzoo import registry, training
+from nestzoo import __version__, registry, specs, training
 from nestzoo.data.catalog import DATASETS
 from nestzoo.data.cifar_files import DatasetNotFoundError
-from nestzoo.recipe import RECIPES
+from nestzoo.recipe import RECIPES, get_recipe
+from nestzoo.training.checkpoint import read_config
 from nestzoo.training.runtime import PRECISIONS
 
 TF_LOG_VARIABLE = "NESTZOO_TF_LOG"
@@ -63,13 +66,30 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
+def _patterns(pattern):
+    """Patterns that match registered models: the arch families, the variants, and names close to `pattern`."""
+    archs = list(dict.fromkeys(registry.canonical(arch).rstrip("0123456789-") for arch in registry.ARCHS))
+    variants = list(dict.fromkeys(v for family in registry.FAMILY_VARIANTS.values() for v in family))
+    close = difflib.get_close_matches(registry.canonical(pattern), list(registry.ARCHS) + variants, n=3, cutoff=0.5)
+    return close + [f"{arch}*" for arch in archs] + [f"*.{variant}" for variant in variants]
+
+
 def _models(args):
-    for name in registry.list_models(args.pattern):
-        print(name)
+    names = registry.list_models(args.pattern)
+    if not names:
+        raise ValueError(f"no model matches {args.pattern!r}; patterns that match: "
+                         f"{', '.join(_patterns(args.pattern))} (see `nestzoo models`)")
+    print("\n".join(names))
+
+
+def _check_summary(args):
+    registry.parse_name(args.model)
 
 
 def _summary(args):
-    model = registry.create_model(args.model, classes=args.classes)
+    import nestzoo
+
+    model = nestzoo.create_model(args.model, classes=args.classes)
     if sys.stdout.isatty():
         model.summary()  # the terminal's width
     else:  # a file or a pipe: wide enough for every name, not rich's 80 columns
@@ -78,7 +98,7 @@ def _summary(args):
 
 
 def _model_names(archs, variants):
-    """Registry names of archs x variants, accepting the spellings the builders accept."""
+    """Registry names of archs x variants, accepting the spellings the builders accept (`registry.parse_name`)."""
     names = []
     for arch in archs:
         names += [".".join(registry.parse_name(f"{arch}.{v}")[1:]) for v in variants]
@@ -107,10 +127,12 @@ def _finite_float(text):
 
 
 def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
-    return value
+    """An integer option >= 1 (`nestzoo.specs.positive_int`)."""
+    try:
+        return specs.positive_int("the value", int(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}" if "positive" in str(error) else
+                                         f"{text!r} is not an integer") from None
 
 
 def _resume_command(argv, output):
@@ -139,10 +161,16 @@ def _data_options(args):
     return {"source": args.source, "data_dir": args.data_dir, "download": not args.no_download}
 
 
+def _check_train(args):
+    """The model names and the recipe, checked before TensorFlow is imported."""
+    args.models = _model_names(args.arch, args.variant)
+    args.training_recipe = get_recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size,
+                                      learning_rate=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                                      milestones=args.milestones, gamma=args.gamma)
+
+
 def _train(args):
-    recipe = training.get_recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size,
-                                 learning_rate=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                                 milestones=args.milestones, gamma=args.gamma)
+    recipe = args.training_recipe
     print(_describe(recipe, scaled_from=RECIPES[args.recipe] if args.milestones is None else None), flush=True)
     strategy = None
     if args.mirrored:
@@ -152,7 +180,7 @@ def _train(args):
     output = args.output or time.strftime("runs/%Y%m%d-%H%M%S")
     try:
         summaries = training.train_seeds(
-            _model_names(args.arch, args.variant), args.dataset, args.seeds, output_dir=output, recipe=recipe,
+            args.models, args.dataset, args.seeds, output_dir=output, recipe=recipe,
             precision=args.precision, jit_compile=args.jit_compile, strategy=strategy, resume=args.resume,
             validation=args.validation, data_options=_data_options(args), verbose=args.verbose,
             continue_learning_rate=args.continue_lr, deterministic=args.deterministic,
@@ -167,12 +195,33 @@ def _train(args):
     print(f"test accuracy: {100 * sum(s['test_accuracy'] for s in summaries) / len(summaries):.2f}%")
 
 
-def _evaluate(args):
-    from nestzoo import data
+def _run_model(given, dataset):
+    """(model.keras path, data set) of a run directory or a .keras file.
 
-    test = data.load(args.dataset, args.batch_size, augment=False, **_data_options(args))
-    result = training.evaluate(args.model, test, verbose=args.verbose)
-    print(f"{args.model} on {args.dataset} (test): loss {result['loss']:.4f}, accuracy {100 * result['accuracy']:.2f}%")
+    The data set is `dataset` if given, else the run's (its config.json), else digits.
+    """
+    path = Path(given)
+    run_dir, model = (path, path / "model.keras") if path.is_dir() else (path.parent, path)
+    if not model.is_file():
+        raise FileNotFoundError(f"{path} holds no model.keras: it is not a finished run directory" if path.is_dir()
+                                else f"{path} does not exist: give a run directory or a .keras file")
+    if dataset is None:
+        dataset = read_config(run_dir)["data"] if (run_dir / "config.json").is_file() else "digits"
+    if dataset not in DATASETS:
+        raise ValueError(f"{run_dir / 'config.json'} names the data {dataset!r}, not one of nestzoo's: give the data "
+                         f"set to test on, --dataset {{{','.join(sorted(DATASETS))}}}")
+    return model, dataset
+
+
+def _check_evaluate(args):
+    args.model_file, args.dataset = _run_model(args.model, args.dataset)
+
+
+def _evaluate(args):
+    result = training.evaluate(args.model_file, args.dataset, batch_size=args.batch_size, verbose=args.verbose,
+                               **_data_options(args))
+    print(f"{args.model_file} on {args.dataset} (test): loss {result['loss']:.4f}, "
+          f"accuracy {100 * result['accuracy']:.2f}%")
 
 
 def _export(args):
@@ -189,8 +238,6 @@ def _export(args):
 def _predict(args):
     from nestzoo.predict import Predictor, format_rows, read_inputs
 
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     predictor = Predictor(args.model, dataset=args.dataset)
     names, batch = read_inputs(args.images, predictor, range_check=args.range_check)
     print(format_rows(predictor.top_k(batch, names, args.top_k), as_json=args.json))
@@ -208,7 +255,7 @@ def _add_export(sub):
                         help="a run directory (runs/<date-time>/resnet20.a-resnest/seed0; its config.json names "
                              "the data set) or a .keras file")
     export.add_argument("--name", help="model name under --base-dir (default: the registry name, resnet20_a-resnest)")
-    export.add_argument("--version", type=int, help="version number (default: the next after the existing ones)")
+    export.add_argument("--version", type=_positive_int, help="version number (default: the next after the existing ones)")
     export.add_argument("--base-dir", default="saved_models", help="where model names live (default saved_models)")
     export.add_argument("--dataset", help="the data set whose standardization is built in (cifar10, cifar100, "
                                           "digits); default the run's, required for a bare .keras file")
@@ -227,11 +274,14 @@ def _add_predict(sub):
         "predict", help="top-k classes of images from an export or a .keras model",
         description="Run an export (saved_models/<name>/<version>, or saved_models/<name> for its latest version) "
                     "or a .keras model on PNG/JPEG files, folders of them, or .npy arrays (N, H, W, C) of uint8. "
-                    "Images of another size are refused, not resized; float arrays and images whose largest "
-                    "value is below 32 (another scale, such as scikit-learn's 0..16 digits) are refused.")
-    predict.add_argument("model", metavar="EXPORT_OR_KERAS_FILE", help="an export directory or a .keras file")
+                    "Images of another size are refused, not resized; 16-bit PNGs are scaled to 0..255; float "
+                    "arrays and images whose largest value is below 32 (another scale, such as scikit-learn's "
+                    "0..16 digits) are refused.")
+    predict.add_argument("model", metavar="EXPORT_OR_KERAS_FILE",
+                         help="an export directory (saved_models/<name> for its latest version, or "
+                              "saved_models/<name>/<version>) or a .keras file")
     predict.add_argument("images", nargs="+", metavar="IMAGES", help="PNG or JPEG files, folders of them, .npy arrays")
-    predict.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
+    predict.add_argument("--top-k", type=_positive_int, default=3, help="classes shown per image (default 3)")
     predict.add_argument("--json", action="store_true", help="machine-readable output")
     predict.add_argument("--dataset", help="for a .keras file outside a run directory: its data set")
     predict.add_argument("--range-check", action=argparse.BooleanOptionalAction, default=True,
@@ -245,12 +295,12 @@ def _analyze(args):
     import json
     import os
 
-    from nestzoo import theory
+    from nestzoo import saving, theory
 
     path = os.path.join(args.model, "model.keras") if os.path.isdir(args.model) else args.model
     if not os.path.isfile(path):
         raise ValueError(f"{args.model!r} is neither a .keras file nor a run directory holding model.keras")
-    model = training.load_model(path)  # refuses a damaged file and non-finite weights by name
+    model = saving.load_model(path)  # refuses a damaged file and non-finite weights by name
     report = {"model": path, "dataset": args.dataset}
     try:
         condition, rank = theory.bottleneck_condition(model), theory.assumption4(model)
@@ -278,6 +328,12 @@ def _analyze(args):
     print(f"wrote {stem}.png and {stem}.json")
 
 
+_VARIANTS_HELP = (
+    "variants: " + "; ".join(f"{', '.join(v)} ({family})" for family, v in registry.FAMILY_VARIANTS.items())
+    + ". Case, dashes and underscores may differ (AResNEst, aresnest, a_resnest are a-resnest) and the "
+    "family's name means standard (resnet, densenet); other names are refused")
+
+
 def _add_train(sub):
     train = sub.add_parser(
         "train", help="train models with the paper's recipe (appendix B.3), one run per model and seed",
@@ -288,18 +344,17 @@ def _add_train(sub):
                     "decay 5e-4, lr 0.1 or 0.01 for ResNEsts, x0.2 after epochs 60, 120, 160).",
         formatter_class=_HelpFormatter)
     train.add_argument("--arch", nargs="+", default=["resnet20"], help="architectures (see `nestzoo models`)")
-    train.add_argument("--variant", nargs="+", default=["a-resnest"],
-                       help="variants: standard, resnest, bn-resnest, a-resnest, ...")
+    train.add_argument("--variant", nargs="+", default=["a-resnest"], help=_VARIANTS_HELP)
     train.add_argument("--dataset", choices=sorted(DATASETS), default="digits", help="data set (digits needs no download)")
     train.add_argument("--validation", type=_fraction_or_count,
                        help="fraction (0.1) or count (5000) of the training set held out to pick the best "
                        "weights (default: the test set, as the paper)")
     _add_data_options(train)
     train.add_argument("--recipe", choices=list(RECIPES), default="paper", help="paper: appendix B.3; quick: 30 epochs")
-    train.add_argument("--epochs", type=int,
+    train.add_argument("--epochs", type=_positive_int,
                        help="override the recipe's epochs (its milestones scale with them; with --resume, more "
                             "epochs extend a run)")
-    train.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    train.add_argument("--batch-size", type=_positive_int, help="override the recipe's batch size")
     train.add_argument("--lr", type=_finite_float, help="initial learning rate (default: 0.1, or 0.01 for ResNEsts)")
     train.add_argument("--momentum", type=_finite_float, help="Nesterov momentum")
     train.add_argument("--weight-decay", type=_finite_float, help="coupled weight decay (PyTorch's SGD)")
@@ -323,7 +378,7 @@ def _add_train(sub):
     train.add_argument("--deterministic", action="store_true",
                        help="deterministic TensorFlow kernels (bit-identical reruns on GPUs; CPUs already are)")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Keras progress: 1 bars, 2 lines")
-    train.set_defaults(run=_train)
+    train.set_defaults(run=_train, check=_check_train)
 
 
 def _add_data_options(command):
@@ -335,35 +390,39 @@ def _add_data_options(command):
                          help="use only a copy tensorflow-datasets prepared already; never download")
 
 
-def _tune(args):
-    import os
+def _check_tune(args):
+    """The names, the search space and the chief's address, checked before TensorFlow is imported."""
+    from nestzoo.tuning import cluster, space
 
+    space.check_choice("tuner", args.tuner, space.TUNERS)
+    space.check_choice("objective", args.objective, space.OBJECTIVES)
     if args.chief and args.worker:
         raise ValueError("give --chief or --worker, not both")
     address = args.chief or args.worker
-    if address:
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"--chief/--worker take HOST:PORT, e.g. 127.0.0.1:8000; got {address!r}")
-        tuner_id = "chief" if args.chief else args.worker_id
-        if args.worker and (not tuner_id or "chief" in tuner_id):
-            raise ValueError("a worker needs --worker-id, a unique name without 'chief' (e.g. tuner0)")
-        os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=port)
-    from nestzoo import tuning
-
-    stages = None if args.family == "vector" else len(args.blocks)
+    args.cluster = address and cluster.environment(address, None if args.chief else (args.worker_id or ""))
+    if args.chief:
+        cluster.check_port(args.cluster["KERASTUNER_ORACLE_IP"], args.cluster["KERASTUNER_ORACLE_PORT"])
+    stages = None if args.inputs == "vector" else len(args.blocks)
     widths = args.width
     if len(widths) % 2 or (len(widths) > 2 and len(widths) != 2 * (stages or 1)):
         raise ValueError(f"--width takes MIN MAX (one M), or MIN MAX per stage ({stages} stages); got {widths}")
-    width = tuple(widths) if len(widths) == 2 else tuple(zip(widths[::2], widths[1::2]))
     features = None if args.feature_range else args.features
-    space = tuning.WidthSpace(
-        family=args.family, variant=args.variant, blocks=args.blocks[0] if args.family == "vector" else tuple(args.blocks),
-        block=args.block, width=width, ratios=tuple(args.ratios), learning_rate=args.lr_range and tuple(args.lr_range),
-        features=features and (features[0] if args.family == "vector" or len(features) == 1 else tuple(features)),
+    vector = args.inputs == "vector"
+    args.space = space.WidthSpace(
+        inputs=args.inputs, variant=args.variant, blocks=args.blocks[0] if vector else tuple(args.blocks),
+        block=args.block, width=tuple(widths) if len(widths) == 2 else tuple(zip(widths[::2], widths[1::2])),
+        ratios=tuple(args.ratios), learning_rate=args.lr_range and tuple(args.lr_range),
+        features=features and (features[0] if vector or len(features) == 1 else tuple(features)),
         feature_range=args.feature_range and tuple(args.feature_range), allow_violations=args.allow_violations)
+
+
+def _tune(args):
+    if args.cluster:
+        os.environ.update(args.cluster)
+    from nestzoo import tuning
+
     output = args.output or time.strftime("sweeps/%Y%m%d-%H%M%S")
-    sweep = tuning.run_sweep(space, args.dataset, output, tuner=args.tuner, objective=args.objective,
+    sweep = tuning.run_sweep(args.space, args.dataset, output, tuner=args.tuner, objective=args.objective,
                              max_trials=args.max_trials, epochs=args.epochs, batch_size=args.batch_size,
                              validation=args.validation, seed=args.seed, resume=args.resume,
                              overwrite=args.overwrite, patience=args.patience, verbose=args.verbose)
@@ -371,14 +430,13 @@ def _tune(args):
         print(f"worker {args.worker_id}: the chief has no more trials; the report is the chief's")
         return
     print("\n" + sweep.markdown)
+    completed = any(r["status"] == "COMPLETED" for r in sweep.rows)
     print(f"sweep in {output}/ (report.csv, report.md, score_vs_width.png"
-          + (", best_model.keras)" if sweep.best_model else "; no trial completed)"))
+          + (", best_model.keras)" if sweep.best_model else
+             "; best_model.keras not written: the best trial's checkpoint is on its worker's machine)" if completed
+             else "; no trial completed)"))
     if sweep.outcome == "abandoned":
-        raise TrainingStopped(f"no worker was heard from for {args.patience:g} s; the report holds the trials so far")
-
-
-class TrainingStopped(RuntimeError):
-    """A distributed sweep ended before all its trials ran."""
+        sys.exit(f"nestzoo tune: no worker was heard from for {args.patience:g} s; the report holds the trials so far")
 
 
 def _add_tune(sub):
@@ -396,8 +454,9 @@ def _add_tune(sub):
     tune.add_argument("--dataset", choices=sorted(DATASETS), default="digits", help="data set (digits needs no download)")
     tune.add_argument("--validation", type=_fraction_or_count, default=0.1,
                       help="fraction or count of the training set held out to score the trials")
-    tune.add_argument("--family", choices=("image", "vector"), default="image",
-                      help="image: stages of residual blocks; vector: arch='mlp' on the flattened images")
+    tune.add_argument("--inputs", "--family", dest="inputs", choices=("image", "vector"), default="image",
+                      help="image: stages of residual blocks; vector: arch='mlp' on the flattened images "
+                           "(--family: its former name)")
     tune.add_argument("--variant", default="a-resnest", help="standard, resnest, bn-resnest or a-resnest")
     tune.add_argument("--blocks", type=int, nargs="+", default=[2, 2, 2],
                       help="blocks per stage (image) or L (vector: one number)")
@@ -414,9 +473,9 @@ def _add_tune(sub):
                       help="keep the M range as given: violating widths train and are marked in the report")
     tune.add_argument("--tuner", default="random", help="random, bayesian or hyperband (epochs = its max_epochs)")
     tune.add_argument("--objective", default="val_accuracy", help="val_accuracy or val_loss")
-    tune.add_argument("--max-trials", type=int, default=4, help="trials in the sweep")
-    tune.add_argument("--epochs", type=int, default=2, help="epochs per trial")
-    tune.add_argument("--batch-size", type=int, default=64, help="batch size")
+    tune.add_argument("--max-trials", type=_positive_int, default=4, help="trials in the sweep")
+    tune.add_argument("--epochs", type=_positive_int, default=2, help="epochs per trial")
+    tune.add_argument("--batch-size", type=_positive_int, default=64, help="batch size")
     tune.add_argument("--seed", type=int, default=1, help="seed of the tuner and the data order")
     tune.add_argument("--output", help="sweep directory (default sweeps/<date-time>)")
     tune.add_argument("--resume", action="store_true", help="continue the sweep in --output (finished trials are kept)")
@@ -424,39 +483,42 @@ def _add_tune(sub):
     tune.add_argument("--chief", metavar="HOST:PORT", help="run keras-tuner's chief oracle, serving on HOST:PORT")
     tune.add_argument("--worker", metavar="HOST:PORT", help="run trials for the chief at HOST:PORT")
     tune.add_argument("--worker-id", help="this worker's unique name (KERASTUNER_TUNER_ID), e.g. tuner0")
-    tune.add_argument("--patience", type=float, default=60.0,
+    tune.add_argument("--patience", type=_finite_float, default=60.0,
                       help="seconds of silence after which a worker stops, the chief re-queues a worker's trial, "
                            "and a chief with no trial running and no worker ends")
     tune.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0, help="Keras progress")
-    tune.set_defaults(run=_tune)
+    tune.set_defaults(run=_tune, check=_check_tune)
 
 
-def parser():
-    """The argument parser of every ``nestzoo`` subcommand."""
-    p = argparse.ArgumentParser(
-        prog="nestzoo", description="ResNEsts, A-ResNEsts and DenseNEsts for Keras 3.",
-        epilog=f"TensorFlow's C++ start-up log is hidden; {TF_LOG_VARIABLE}=1 shows it.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_models(sub):
     models = sub.add_parser("models", help="list the registered models (arch.variant)")
     models.add_argument("pattern", nargs="?",
                         help="only names matching this shell-style wildcard (\"wrn*\") or containing this text")
     models.set_defaults(run=_models, tensorflow=False)
+
+
+def _add_summary(sub):
     summary = sub.add_parser("summary", help="build a registered model and print its layers and parameter count")
     summary.add_argument("model", help="a name from `nestzoo models`, e.g. resnet20.a-resnest")
-    summary.add_argument("--classes", type=int, default=10, help="outputs of the predictor (default 10)")
-    summary.set_defaults(run=_summary)
-    _add_train(sub)
-    _add_tune(sub)
-    evaluate = sub.add_parser("evaluate", help="test accuracy of a saved .keras model on a data set",
+    summary.add_argument("--classes", type=_positive_int, default=10, help="outputs of the predictor (default 10)")
+    summary.set_defaults(run=_summary, check=_check_summary)
+
+
+def _add_evaluate(sub):
+    evaluate = sub.add_parser("evaluate", help="test accuracy of a run's model (or a .keras file) on a data set",
                               formatter_class=_HelpFormatter)
-    evaluate.add_argument("model", help="a .keras file, e.g. runs/<date-time>/resnet20.a-resnest/seed0/model.keras")
-    evaluate.add_argument("--dataset", choices=sorted(DATASETS), default="digits", help="data set whose test split is used")
+    evaluate.add_argument("model", metavar="RUN_DIR_OR_MODEL",
+                          help="a run directory (runs/<date-time>/resnet20.a-resnest/seed0) or a .keras file")
+    evaluate.add_argument("--dataset", choices=sorted(DATASETS),
+                          help="data set whose test split is used (default: the run's, from its config.json; "
+                               "digits for a .keras file outside a run directory)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=128, help="evaluation batch size")
     evaluate.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Keras progress")
     _add_data_options(evaluate)
-    evaluate.set_defaults(run=_evaluate)
-    _add_export(sub)
-    _add_predict(sub)
+    evaluate.set_defaults(run=_evaluate, check=_check_evaluate)
+
+
+def _add_analyze(sub):
     analyze = sub.add_parser(
         "analyze", help="the paper's theory on a saved model: bottleneck condition, Assumption 4, "
                         "Proposition 2's lower bound (R, A, epsilon) and the block-by-block risks",
@@ -464,10 +526,26 @@ def parser():
     analyze.add_argument("model", help="a run directory holding model.keras, or a .keras file")
     analyze.add_argument("--dataset", choices=sorted(DATASETS), default="digits",
                          help="data set whose training split (unaugmented) the risks are computed on")
-    analyze.add_argument("--batch-size", type=int, default=256, help="batch size of the feature pass")
-    analyze.add_argument("--max-iter", type=int, default=1000,
+    analyze.add_argument("--batch-size", type=_positive_int, default=256, help="batch size of the feature pass")
+    analyze.add_argument("--max-iter", type=_positive_int, default=1000,
                          help="L-BFGS iterations per cross-entropy fit (an unconverged fit's risk bounds its optimum above)")
     analyze.set_defaults(run=_analyze)
+
+
+def parser():
+    """The argument parser of every ``nestzoo`` subcommand.
+
+    Each subcommand sets `run(args)`, and may set `check(args)`, which validates
+    names and values before TensorFlow is imported, and `tensorflow=False`.
+    """
+    p = argparse.ArgumentParser(
+        prog="nestzoo", description="ResNEsts, A-ResNEsts and DenseNEsts for Keras 3.",
+        epilog=f"TensorFlow's C++ start-up log is hidden; {TF_LOG_VARIABLE}=1 shows it.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_models, _add_summary, _add_train, _add_tune, _add_evaluate, _add_export, _add_predict,
+                _add_analyze):
+        add(sub)
     return p
 
 
@@ -475,14 +553,16 @@ def main(argv=None):
     p = parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
-    if getattr(args, "tensorflow", True):
-        _start_tensorflow()
     args.argv = argv
     try:
+        if getattr(args, "check", None):
+            args.check(args)
+        if getattr(args, "tensorflow", True):
+            _start_tensorflow()
         args.run(args)
     except (ValueError, DatasetNotFoundError, FileNotFoundError) as error:  # CheckpointError is a ValueError
         p.exit(2, f"nestzoo {args.command}: error: {error}\n")
-    except (training.TrainingDiverged, TrainingStopped, OSError) as error:  # OSError: CommitError (a full or read-only disk)
+    except (training.TrainingDiverged, OSError) as error:  # OSError: CommitError (a full or read-only disk)
         p.exit(1, f"nestzoo {args.command}: {error}\n")
     except KeyboardInterrupt:
         p.exit(130, f"\nnestzoo {args.command}: interrupted\n")

@@ -11,7 +11,8 @@ The serving contract (``saved_models/README.md``):
   set's storage format; the data set's standardization (x / 255 - mean) / std is in
   the graph. Outputs ``probabilities`` float32 (None, classes), ``class_ids`` int64
   (None,) and ``logits`` float32 (None, classes). The dtype is enforced: a float
-  tensor is refused, not cast.
+  tensor is refused, not cast. A model built for any image size
+  (``input_shape=(None, None, C)``) is served for any size: (None, None, None, C).
 * signature ``standardized``: the same outputs from already-standardized float32
   ``inputs`` (None, H, W, C).
 * regression models (``outputs=``, no classifier activation) output ``predictions``
@@ -29,8 +30,12 @@ Keras model's own call instead (slower, the reference the tests compare against)
 
 An export is written into a temporary directory beside its target and renamed into
 place, so a server polling ``saved_models/<name>/`` never sees a partial version; an
-existing version is never overwritten.
+existing version is never overwritten, and a full disk is reported with the space
+needed, leaving nothing behind. `load_export` loads a version back, naming the
+damaged file of one that does not load.
 """
+import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -42,44 +47,85 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nestzoo.training.run import check_finite, load_model
+from nestzoo import basis
+from nestzoo.data.catalog import DATASETS, get_spec
+from nestzoo.data.pipeline import standardizer
+from nestzoo.saving import check_finite, load_model
+from nestzoo.specs import positive_int
 
 METADATA_FILE = "nestzoo.json"
 CIFAR10_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TMP_PREFIX = ".tmp-export-"
 #: The tolerance within which the folded graph equals the Keras model (float32 rounding).
 RTOL, ATOL = 1e-4, 1e-5
+EXPORT_DIRECTORY = "an export directory (saved_models/<name> or saved_models/<name>/<version>)"
+
+
+class NoSpaceError(OSError):
+    """The file system holding an export's folder is full."""
 
 
 # --------------------------------------------------------------------------- sources
 
 
+@dataclasses.dataclass(frozen=True)
 class Source:
-    """A model to export and what is known about how it was trained."""
+    """A checked nestzoo model to export (`load_source`), its identity and what is known about its run."""
 
-    def __init__(self, model, path=None, run_dir=None, config=None, summary=None):
-        self.model, self.path, self.run_dir = model, path, run_dir
-        self.config, self.summary = config or {}, summary or {}
+    model: keras.Model
+    identity: basis.Identity
+    path: Path = None
+    run_dir: Path = None
+    config: dict = dataclasses.field(default_factory=dict)
+    summary: dict = dataclasses.field(default_factory=dict)
 
 
-def _read_json(path):
-    return json.loads(Path(path).read_text()) if Path(path).is_file() else None
+def read_json(path):
+    """The parsed JSON file `path`, None when it is missing; a file that does not parse is named."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({error}): it is damaged; restore or remove it") from None
 
 
-def _load_keras(path):
-    """A .keras file, refused by name when missing, truncated, garbage or holding non-finite weights."""
-    return load_model(path, compile=False)
+def _servable_identity(model, where):
+    """The model's identity; a model nestzoo did not build is refused, since its preprocessing and
+    outputs would be guesses, and so is one without its predictor."""
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{where} is not a Keras model")
+    try:
+        identity = basis.identity(model, where)
+    except basis.NotNestzooModel as error:
+        raise basis.NotNestzooModel(
+            f"{error}. nestzoo exports only the models of its builders (the input standardization and outputs "
+            "of other models are unknown); export other Keras models with keras.export.ExportArchive") from None
+    if "predictions" not in basis.top_layers(model):
+        raise ValueError(f"{where} is built without its top (include_top=False): it outputs features, not "
+                         "predictions; export a model with its predictor")
+    if model.options["data_format"] == "channels_first":
+        raise ValueError(f"{where} is built channels_first; the serving signature takes images as the data set "
+                         "stores them (channels last): build the same model after "
+                         "keras.config.set_image_data_format('channels_last') and copy the weights into it "
+                         "(twin.set_weights(model.get_weights()): they do not depend on the data format)")
+    return identity
 
 
 def load_source(source):
-    """A `Source` from a keras.Model, a .keras file, or a run directory (holding model.keras, config.json).
+    """A checked `Source` from a keras.Model, a .keras file, or a run directory (holding model.keras, config.json).
 
-    A .keras file inside a run directory reads that run's config and summary too.
+    The one gate of every export: a model nestzoo did not build, one without its top
+    and one holding non-finite weights are refused here. A .keras file inside a run
+    directory reads that run's config and summary too.
     """
     if isinstance(source, Source):
         return source
     if isinstance(source, keras.Model):
-        return Source(source)
+        identity = _servable_identity(source, "the model")
+        check_finite(source, "the model")
+        return Source(source, identity)
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(f"expected a keras.Model, a .keras file or a run directory, got {type(source).__name__}")
     path = Path(source)
@@ -97,42 +143,11 @@ def load_source(source):
         run_dir = path.parent if (path.parent / "config.json").is_file() else None
     else:
         raise ValueError(f"{str(path)!r} does not exist: expected a run directory or a .keras file")
-    model = _load_keras(path)
-    config = _read_json(run_dir / "config.json") if run_dir else None
-    summary = _read_json(run_dir / "summary.json") if run_dir else None
-    return Source(model, path=path, run_dir=run_dir, config=config, summary=summary)
-
-
-def check_nestzoo_model(model, where="the model"):
-    """Refuse a model nestzoo did not build: its preprocessing and outputs would be guesses."""
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"{where} is not a Keras model")
-    names = {layer.name for layer in model.layers}
-    missing = [n for n in ("expansion", "predictions") if n not in names]
-    if missing or len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError(
-            f"{where} ({model.name}) is not a nestzoo model with its top: it has no "
-            f"{' and no '.join(repr(m) for m in missing) or 'single input and output'} layer. nestzoo exports only "
-            "the models of its builders (the input standardization and outputs of other models are unknown); "
-            "export other Keras models with keras.export.ExportArchive")
-
-
-def _registry_name(model, config):
-    """(registry name or None, variant) of a nestzoo model.
-
-    The variant is read from the model's structure (`heads.variant_of`); the arch from
-    the run's config.json, else from the builders' default name "<arch>_<variant>".
-    """
-    from nestzoo import heads, registry
-
-    family, variant = heads.variant_of(model) or (None, None)
-    arch = config.get("arch") or model.name.removesuffix(f"_{variant}")
-    try:
-        spec = registry.get_spec(arch, family)
-    except (ValueError, KeyError):
-        return None, variant  # a custom network
-    name = f"{registry.canonical(arch)}.{variant}"
-    return (name if variant in registry.FAMILY_VARIANTS[spec.family] else None), variant
+    model = load_model(path, compile=False)  # refuses non-finite weights
+    identity = _servable_identity(model, repr(str(path)))
+    config = read_json(run_dir / "config.json") if run_dir else None
+    summary = read_json(run_dir / "summary.json") if run_dir else None
+    return Source(model, identity, path=path, run_dir=run_dir, config=config or {}, summary=summary or {})
 
 
 def class_names(dataset):
@@ -197,7 +212,7 @@ class FoldedGraph:
     """
 
     SIMPLE = {"ReLU", "Add", "Concatenate", "ZeroPadding2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
-              "AveragePooling2D", "MaxPooling2D", "Identity", "Activation", "InputLayer"}
+              "AveragePooling2D", "MaxPooling2D", "Identity", "Activation", "InputLayer", "NestInput"}
 
     def __init__(self, model):
         self.ops = []  # (name, kind, inputs, params)
@@ -257,7 +272,19 @@ class FoldedGraph:
                 raise ValueError(f"layer {layer.name} ({kind}) has no folded form; export with fold_batch_norm=False")
         self.input_name = model.layers[0].name
         self.output_name = model.layers[-1].name
-        self.has_logits = "logits" in layers
+        logits = basis.top_layers(model).get("logits")
+        self.logits_name = logits.name if logits is not None else None
+
+    @property
+    def constant_bytes(self):
+        """The bytes of the graph's constants: kernels, the biases used, the affine maps' scales and shifts."""
+        total = 0
+        for _, kind, _, p in self.ops:
+            if kind in ("Conv2D", "Dense"):
+                total += p["kernel"].nbytes + (p["bias"].nbytes if p["use_bias"] else 0)
+            elif kind == "Affine":
+                total += p["scale"].nbytes + p["shift"].nbytes
+        return total
 
     def __call__(self, x):
         values = {}
@@ -265,7 +292,7 @@ class FoldedGraph:
             args = [values[i] for i in inputs]
             if kind == "InputLayer":
                 y = x
-            elif kind == "Identity":
+            elif kind in ("Identity", "NestInput"):  # NestInput: v_0 = x (the size is checked by the signature)
                 y = args[0]
             elif kind == "Conv2D":
                 y = tf.nn.conv2d(args[0], p["kernel"], p["strides"], p["padding"], dilations=p["dilation"])
@@ -297,15 +324,15 @@ class FoldedGraph:
                 y = pool(args[0], p["pool_size"], p["strides"] or p["pool_size"], p["padding"].upper())
             values[name] = y
         out = {"predictions": values[self.output_name]}
-        if self.has_logits:
-            out["logits"] = values["logits"]
+        if self.logits_name is not None:
+            out["logits"] = values[self.logits_name]
         return out
 
 
 def keras_forward(model):
     """The Keras model's own call, returning {"logits", "predictions"} in float32 (the reference)."""
-    names = {layer.name for layer in model.layers}
-    outputs = [model.output] + ([model.get_layer("logits").output] if "logits" in names else [])
+    logits = basis.top_layers(model).get("logits")
+    outputs = [model.output] + ([logits.output] if logits is not None else [])
     both = keras.Model(model.inputs, outputs)
 
     def forward(x):
@@ -322,42 +349,60 @@ def keras_forward(model):
 # --------------------------------------------------------------------------- the serving module
 
 
+def _predictions_activation(model):
+    """The name of the predictions layer's activation ("softmax", "linear", ...)."""
+    activation = getattr(basis.top_layers(model)["predictions"], "activation", None)
+    return getattr(activation, "__name__", "linear")
+
+
 def _task(model, task):
     if task is not None:
         if task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification', 'regression' or None (from the model), not {task!r}")
         return task
-    activation = getattr(model.get_layer("predictions"), "activation", None)
-    return "classification" if activation is keras.activations.softmax else "regression"
+    return "regression" if model.options["outputs"] is not None else "classification"
 
 
-def _outputs(forward, task, x):
-    out = forward(x)
-    if task == "regression":
-        return {"predictions": out["predictions"]}
-    logits = out.get("logits", out["predictions"])
-    probabilities = out["predictions"]
-    if probabilities is logits:  # a classifier built with classifier_activation=None
-        probabilities = tf.nn.softmax(logits)
-    return {"probabilities": probabilities, "class_ids": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
-            "logits": logits}
+def _outputs_of(model, forward, task):
+    """x -> the signature's outputs: a classifier's {"probabilities", "class_ids", "logits"} (the
+    softmax of its logits where its predictions are linear), a regressor's {"predictions"}."""
+    linear = _predictions_activation(model) == "linear"
+
+    def outputs(x):
+        out = forward(x)
+        if task == "regression":
+            return {"predictions": out["predictions"]}
+        logits = out.get("logits", out["predictions"])
+        probabilities = tf.nn.softmax(logits) if linear else out["predictions"]
+        return {"probabilities": probabilities, "class_ids": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+                "logits": logits}
+    return outputs
 
 
-def _check_shape(x, spec):
+def _check_shape(x, spec, least):
     """An assertion failing with the expected spec when `x` is not a batch of spec.shape[1:] (signatures
-    check only the dtype)."""
+    check only the dtype); a None size (a model built for any image size) takes any size of at least
+    `least` pixels (the network's downsampling)."""
     expected = list(spec.shape[1:])
+    known = [i for i, size in enumerate(expected) if size is not None]
     actual = tf.shape(x)
-    same = tf.cond(tf.equal(tf.size(actual), len(expected) + 1),
-                   lambda: tf.reduce_all(tf.equal(actual[1:], expected)), lambda: tf.constant(False))
+
+    def fits():
+        sizes = actual[1:]
+        same = tf.reduce_all(tf.equal(tf.gather(sizes, known), [expected[i] for i in known]))
+        return tf.logical_and(same, tf.reduce_all(sizes[:2] >= least)) if len(expected) == 3 else same
+
+    ok = tf.cond(tf.equal(tf.size(actual), len(expected) + 1), fits, lambda: tf.constant(False))
     described = f"{spec.dtype.name} (None, {', '.join(map(str, expected))})"
-    return tf.debugging.Assert(same, [f"{spec.name} must be {described}; got shape", actual])
+    if None in expected and least > 1:
+        described += f" of at least {least}x{least} pixels"
+    return tf.debugging.Assert(ok, [f"{spec.name} must be {described}; got shape", actual])
 
 
-def _compiled(body, spec, jit_compile):
+def _compiled(body, spec, jit_compile, least=1):
     """`body` as a tf.function of `spec`, checking the input's shape, XLA-compiled with `jit_compile`."""
     def checked(x):
-        with tf.control_dependencies([_check_shape(x, spec)]):  # before any op that could fail on the shape
+        with tf.control_dependencies([_check_shape(x, spec, least)]):  # before any op that could fail on the shape
             x = tf.identity(x)
         return body(x)
 
@@ -365,21 +410,52 @@ def _compiled(body, spec, jit_compile):
     return tf.function(checked, input_signature=[spec], jit_compile=bool(jit_compile))
 
 
+def dataset_of(source, dataset=None):
+    """The data set whose standardization an export applies: `dataset`, else the run's (config.json;
+    a run on the user's own tf.data pipelines or arrays names none of nestzoo's)."""
+    trained_on = source.config.get("data")
+    if trained_on not in DATASETS:
+        trained_on = None
+    if dataset is not None and trained_on is not None and dataset != trained_on:
+        raise ValueError(f"the run was trained on {trained_on} (its config.json), not {dataset}; "
+                         "leave --dataset out to use the run's")
+    return dataset or trained_on
+
+
+def _image_standardizer(shape, dataset):
+    """The data set's standardization of uint8 images of `shape` (H and W may be None: any size)."""
+    if dataset is None:
+        raise ValueError("an image model's serving signature takes uint8 images and standardizes them as in "
+                         "training: give the data set (--dataset, dataset=), or export a run directory, whose "
+                         "config.json names it")
+    spec = get_spec(dataset)
+    fits = shape[-1] == spec.input_shape[-1] if None in shape[:2] else shape == spec.input_shape
+    if not fits:
+        raise ValueError(f"the model takes {shape} inputs, {dataset} images are {spec.input_shape}")
+    return standardizer(spec.mean, spec.std, shape), {
+        "dataset": dataset, "mean": list(spec.mean), "std": list(spec.std),
+        "formula": "(images / 255 - mean) / std, per channel"}
+
+
 def serving_module(model, *, dataset=None, task=None, fold_batch_norm=True, jit_compile=False):
     """A tf.Module whose `serve` (and, for images, `serve_standardized`) compute the serving contract.
 
-    model: a nestzoo keras.Model. dataset: the data set whose standardization the
-    uint8 endpoint applies (required for image models). task: None (classification
-    when the model ends in softmax, else regression), "classification" or "regression".
+    model: a nestzoo keras.Model, a .keras file, a run directory or a `Source`.
+    dataset: the data set whose standardization the uint8 endpoint applies (required
+    for image models, default the run's). task: None (the model's: regression when
+    built with ``outputs=``, else classification), "classification" or "regression".
+    A model built for any image size (input_shape=(None, None, C)) is served for any size.
     """
-    from nestzoo import data
-
-    check_nestzoo_model(model)
+    source = load_source(model)
+    model = source.model
+    dataset = dataset_of(source, dataset)
     task = _task(model, task)
     shape = tuple(model.input.shape[1:])
     forward = FoldedGraph(model) if fold_batch_norm else keras_forward(model)
+    outputs = _outputs_of(model, forward, task)
     module = tf.Module()
-    module.task, module.input_shape, module.forward = task, shape, forward
+    module.source, module.task, module.input_shape, module.forward = source, task, shape, forward
+    module.fold_batch_norm, module.jit_compile = bool(fold_batch_norm), bool(jit_compile)
     if fold_batch_norm is False:
         module.keras_model = forward.keras_model  # tracked: its variables are saved with the graph
     if len(shape) == 1:  # vector-valued: float features in, as trained
@@ -388,49 +464,49 @@ def serving_module(model, *, dataset=None, task=None, fold_batch_norm=True, jit_
                              f"({dataset}) does not apply: export it without a data set")
 
         def serve(inputs):
-            return _outputs(forward, task, inputs)
+            return outputs(inputs)
 
         module.serve = _compiled(serve, tf.TensorSpec((None, *shape), tf.float32, name="inputs"), jit_compile)
-        module.standardization = None
+        module.dataset = module.standardization = None
         return module
-    if dataset is None:
-        raise ValueError("an image model's serving signature takes uint8 images and standardizes them as in "
-                         "training: give the data set (--dataset, dataset=), or export a run directory, whose "
-                         "config.json names it")
-    spec = data.get_spec(dataset)
-    if shape != spec.input_shape:
-        raise ValueError(f"the model takes {shape} inputs, {dataset} images are {spec.input_shape}")
-    # the training pipeline's arithmetic (nestzoo.data.pipeline): x * 1 / (255 std) - mean / std
-    scale = tf.constant(np.broadcast_to(1 / (255 * np.asarray(spec.std)), shape), tf.float32)
-    offset = tf.constant(np.broadcast_to(-np.asarray(spec.mean) / np.asarray(spec.std), shape), tf.float32)
+    standardize, module.standardization = _image_standardizer(shape, dataset)
 
     def serve(images):
-        return _outputs(forward, task, tf.cast(images, tf.float32) * scale + offset)
+        return outputs(standardize(images))
 
     def serve_standardized(inputs):
-        return _outputs(forward, task, inputs)
+        return outputs(inputs)
 
-    module.serve = _compiled(serve, tf.TensorSpec((None, *shape), tf.uint8, name="images"), jit_compile)
+    least = source.identity.spec.downsampling
+    module.dataset = dataset
+    module.serve = _compiled(serve, tf.TensorSpec((None, *shape), tf.uint8, name="images"), jit_compile, least)
     module.serve_standardized = _compiled(
-        serve_standardized, tf.TensorSpec((None, *shape), tf.float32, name="inputs"), jit_compile)
-    module.standardization = {"dataset": dataset, "mean": list(spec.mean), "std": list(spec.std),
-                              "formula": "(images / 255 - mean) / std, per channel"}
+        serve_standardized, tf.TensorSpec((None, *shape), tf.float32, name="inputs"), jit_compile, least)
     return module
 
 
-def _metadata(source, module, dataset, fold_batch_norm, jit_compile):
+def signatures(module):
+    """The signatures an export of `module` serves: {"serving_default": ..., "standardized": ... (images)}."""
+    found = {"serving_default": module.serve}
+    if hasattr(module, "serve_standardized"):
+        found["standardized"] = module.serve_standardized
+    return found
+
+
+def metadata(module):
+    """The metadata of an export of `module` (`serving_module`), written as assets/nestzoo.json."""
     import nestzoo
 
-    model = source.model
-    registry_name, variant = _registry_name(model, source.config)
+    source = module.source
+    model, identity = source.model, source.identity
     shape = list(module.input_shape)
     image = len(shape) == 3
-    test_accuracy = source.summary.get("test_accuracy")
-    classes = int(model.output.shape[-1])
+    classification = module.task == "classification"
     return {
-        "model": registry_name,
+        "model": identity.name,
+        "arch": identity.arch,
+        "variant": identity.variant,
         "keras_name": model.name,
-        "variant": variant,
         "task": module.task,
         "parameters": int(model.count_params()),
         "trainable_parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
@@ -438,31 +514,21 @@ def _metadata(source, module, dataset, fold_batch_norm, jit_compile):
         "served_precision": "float32",
         "input": {"name": "images" if image else "inputs", "dtype": "uint8" if image else "float32",
                   "shape": [None, *shape], "range": [0, 255] if image else None},
-        "outputs": (["probabilities", "class_ids", "logits"] if module.task == "classification" else ["predictions"]),
-        "classes": classes if module.task == "classification" else None,
-        "class_names": class_names(dataset) if module.task == "classification" else None,
+        "outputs": ["probabilities", "class_ids", "logits"] if classification else ["predictions"],
+        "classes": int(model.output.shape[-1]) if classification else None,
+        "class_names": class_names(module.dataset) if classification else None,
         "standardization": module.standardization,
-        "signatures": ["serving_default"] + (["standardized"] if image else []),
-        "graph": {"fold_batch_norm": bool(fold_batch_norm), "jit_compile": bool(jit_compile),
+        "signatures": list(signatures(module)),
+        "graph": {"fold_batch_norm": module.fold_batch_norm, "jit_compile": module.jit_compile,
                   "folded_batch_norms": len(getattr(module.forward, "folded", []))},
         "nestzoo_version": nestzoo.__version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
-        "test_accuracy": test_accuracy,
+        "test_accuracy": source.summary.get("test_accuracy"),
         "run": {"directory": str(source.run_dir), "config": source.config} if source.run_dir else None,
         "source": str(source.path) if source.path else None,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def _dataset_of(source, dataset):
-    trained_on = source.config.get("data")
-    if trained_on == "tf.data":
-        trained_on = None
-    if dataset is not None and trained_on is not None and dataset != trained_on:
-        raise ValueError(f"the run was trained on {trained_on} (its config.json), not {dataset}; "
-                         "leave --dataset out to use the run's")
-    return dataset or trained_on
 
 
 def _pid_alive(pid):
@@ -486,10 +552,31 @@ def _remove_stale_tmp(parent):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-#: The serving graph's defaults (README, "Serving"; benchmarks/inference.py): folding is faster and equal
-#: to float32 rounding. XLA (jit_compile) is off: TensorFlow Serving runs XLA only when started with
-#: --xla_cpu_compilation_enabled (experimental), and on the 2-core CPU measured it halved the batch-1
-#: latency but lowered the batch-128 throughput (803 against 873 images/s in one run).
+def space_needed(module):
+    """A lower bound of the bytes an export of `module` writes: a folded graph's constants once per
+    signature (each holds them), else the model's float32 variables once."""
+    if module.fold_batch_norm:
+        return module.forward.constant_bytes * len(signatures(module))
+    return 4 * int(module.source.model.count_params())
+
+
+def _no_space(folder, needed, cause=None):
+    free = shutil.disk_usage(folder).free
+    because = f" ({type(cause).__name__})" if cause is not None else ""
+    return NoSpaceError(
+        f"no space left for the export in {str(folder)!r}{because}: it needs at least {needed / 2**20:.1f} MB "
+        f"(its weights; its graph adds some) and {free / 2**20:.1f} MB are free; free some space or export to "
+        "another --base-dir. Nothing was written")
+
+
+def _is_no_space(error):
+    return isinstance(error, tf.errors.ResourceExhaustedError) or (
+        isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT))
+
+
+#: The serving graph's defaults (the README's "Serving" section gives the measurements): folding
+#: is faster and equal to float32 rounding; XLA is off, since TensorFlow Serving runs it only when
+#: started with --xla_cpu_compilation_enabled.
 DEFAULT_FOLD_BATCH_NORM = True
 DEFAULT_JIT_COMPILE = False
 
@@ -498,42 +585,39 @@ def export_saved_model(model, directory, *, dataset=None, task=None, fold_batch_
                        jit_compile=DEFAULT_JIT_COMPILE):
     """Write one SavedModel version into `directory`, which must not exist; returns its Path.
 
-    model: a nestzoo keras.Model, a .keras file or a run directory (its config.json
-    gives the data set; a given `dataset` must agree). The contract is in this
-    module's docstring. The export is written to a temporary directory beside
-    `directory` and renamed into place: a failure or kill leaves no partial
-    `directory`. (The earlier ``overwrite=`` is gone: a version is never replaced.)
+    model: a nestzoo keras.Model, a .keras file, a run directory (its config.json
+    gives the data set; a given `dataset` must agree) or a `Source`. The contract is
+    in this module's docstring. The export is written to a temporary directory beside
+    `directory` and renamed into place: a failure, a full disk or a kill leaves no
+    partial `directory`.
     """
     directory = Path(directory)
     if directory.exists():
         raise ValueError(f"{str(directory)!r} exists; an export never overwrites a version: choose another "
                          "directory or version")
-    source = load_source(model)
-    where = f"{str(source.path)!r}" if source.path else "the model"
-    check_nestzoo_model(source.model, where)
-    check_finite(source.model, where)
-    dataset = _dataset_of(source, dataset)
-    module = serving_module(source.model, dataset=dataset, task=task, fold_batch_norm=fold_batch_norm,
+    module = serving_module(model, dataset=dataset, task=task, fold_batch_norm=fold_batch_norm,
                             jit_compile=jit_compile)
-    metadata = _metadata(source, module, dataset, fold_batch_norm, jit_compile)
+    served = signatures(module)
     directory.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(directory.parent)
+    needed = space_needed(module)
+    if shutil.disk_usage(directory.parent).free < needed:
+        raise _no_space(directory.parent, needed)
     tmp = directory.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        signatures = {"serving_default": module.serve}
-        if hasattr(module, "serve_standardized"):
-            signatures["standardized"] = module.serve_standardized
-        for function in signatures.values():
+        for function in served.values():
             function.get_concrete_function()  # trace (the longest step) with the temporary directory in place
-        tf.saved_model.save(module, str(tmp), signatures=signatures)
+        tf.saved_model.save(module, str(tmp), signatures=served)
         (tmp / "assets").mkdir(exist_ok=True)
-        (tmp / "assets" / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
+        (tmp / "assets" / METADATA_FILE).write_text(json.dumps(metadata(module), indent=1))
         if directory.exists():  # taken while this export was written
             raise FileExistsError(f"{str(directory)!r} appeared during the export; it was not overwritten")
         os.rename(tmp, directory)  # atomic on one file system
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_no_space(error):
+            raise _no_space(directory.parent, needed, error) from error
         raise
     return directory
 
@@ -546,8 +630,7 @@ def versions(base):
 
 def default_name(source):
     """saved_models/<name>: the registry name with "." as "_" (resnet20_a-resnest), else the model's name."""
-    registry_name, _ = _registry_name(source.model, source.config)
-    return (registry_name or source.model.name).replace(".", "_").replace("/", "_")
+    return (source.identity.name or source.model.name).replace(".", "_").replace("/", "_")
 
 
 def export(model, base_dir="saved_models", *, name=None, version=None, dataset=None, task=None,
@@ -558,16 +641,13 @@ def export(model, base_dir="saved_models", *, name=None, version=None, dataset=N
     integer after the existing ones; an existing version is refused.
     """
     source = load_source(model)
-    check_nestzoo_model(source.model, f"{str(source.path)!r}" if source.path else "the model")
     name = name or default_name(source)
     if not name or name.startswith(".") or "/" in name or os.sep in name:
         raise ValueError(f"name must be a plain directory name, got {name!r}")
     base = Path(base_dir) / name
     if version is None:
         version = (versions(base) or [0])[-1] + 1
-    elif not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"version must be an integer >= 1, got {version!r}")
-    elif (base / str(version)).exists():
+    elif (base / str(positive_int("version", version))).exists():
         raise ValueError(f"{str(base / str(version))!r} exists; an export never overwrites a version: choose "
                          f"another --version or leave it out for the next ({(versions(base) or [0])[-1] + 1})")
     return export_saved_model(source, base / str(version), dataset=dataset, task=task,
@@ -576,7 +656,7 @@ def export(model, base_dir="saved_models", *, name=None, version=None, dataset=N
 
 def read_metadata(export_dir):
     """The metadata dict of an export (None for a SavedModel nestzoo did not write)."""
-    return _read_json(Path(export_dir) / "assets" / METADATA_FILE)
+    return read_json(Path(export_dir) / "assets" / METADATA_FILE)
 
 
 def latest_version(path):
@@ -584,7 +664,49 @@ def latest_version(path):
     path = Path(path)
     if (path / "saved_model.pb").is_file():
         return path
+    if not path.exists():
+        raise ValueError(f"{str(path)!r} does not exist: expected {EXPORT_DIRECTORY}")
     found = versions(path)
     if not found:
-        raise ValueError(f"{str(path)!r} is neither a SavedModel (no saved_model.pb) nor a directory of versions")
+        raise ValueError(f"{str(path)!r} is neither a SavedModel (no saved_model.pb) nor a directory of versions: "
+                         f"expected {EXPORT_DIRECTORY}")
     return path / str(found[-1])
+
+
+def _damaged_file(version):
+    """The file of a SavedModel version that does not read back, with the reason, or None."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    graph = version / "saved_model.pb"
+    try:
+        saved_model_pb2.SavedModel().ParseFromString(graph.read_bytes())
+    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError, an unreadable file
+        return graph, error
+    prefix = version / "variables" / "variables"
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+    except Exception as error:  # noqa: BLE001 - a missing or damaged index
+        return prefix.with_name("variables.index"), error
+    try:
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    except Exception as error:  # noqa: BLE001 - a truncated or damaged data shard
+        shards = sorted(prefix.parent.glob("variables.data-*"))
+        return (shards[0] if len(shards) == 1 else prefix.parent / "variables.data-*"), error
+    return None
+
+
+def load_export(path):
+    """(version directory, loaded SavedModel) of an export: a version, or saved_models/<name> for its latest.
+
+    A version that does not load is refused naming the file that is damaged.
+    """
+    version = latest_version(path)
+    try:
+        return version, tf.saved_model.load(str(version))
+    except Exception as error:  # noqa: BLE001 - TensorFlow fails in many ways on a damaged version
+        damaged = _damaged_file(version)
+        file, cause = damaged if damaged else (version, error)
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise ValueError(f"version {version.name} of {str(version.parent)!r} is damaged: {str(file)!r} does not "
+                         f"read back ({type(cause).__name__}: {reason}); export it again") from None

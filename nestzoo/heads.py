@@ -51,20 +51,3 @@ def pooled(reps, pooling):
     tensors = [pool(r, pooling, name) for r, name in zip(reps, names)]
     return tensors[0] if len(tensors) == 1 else layers.Concatenate(name="pooled_basis")(tensors)
 
-
-def variant_of(model):
-    """(family, variant) of a nestzoo model, read from its layers (so it survives renaming
-    and ``.keras`` save and reload); None for a model that is not nestzoo's."""
-    names = {layer.name for layer in model.layers}
-    blocks = [int(name[5:-9]) for name in names if name.startswith("block") and name.endswith("_features")]
-    if "expansion" not in names or not blocks:
-        return None
-    sums = [layer for layer in model.layers if layer.name.startswith("block") and layer.name.endswith("_x")]
-    family = "densenet" if sums and isinstance(sums[0], layers.Concatenate) else "resnet"
-    if f"block{max(blocks)}_x" not in names:  # eq. (4): the last block's W_L is deleted
-        return family, "a-resnest"
-    if "final_relu" in names:
-        return family, "standard"
-    if "final_bn" in names:
-        return family, "bn-resnest"
-    return family, "densenest" if family == "densenet" else "resnest"

@@ -1,13 +1,17 @@
 """Keras layers configured as the paper's PyTorch reference implementation.
 
 Three porting details change results when a PyTorch ResNet is rewritten in Keras
-(REFERENCE.md, "Details that change results"); every layer of nestzoo is made here:
+(docs/reference.md, "Porting details"); every layer of nestzoo is made here:
 
 * padding: a k x k convolution pads (k - 1) / 2 pixels on every side, at stride 2
   too (Keras's ``padding="same"`` pads only bottom/right there);
 * batch normalization: PyTorch's epsilon 1e-5 and momentum 0.1 (Keras momentum 0.9);
 * initialization: PyTorch's defaults, weights and biases uniform in
   +-1/sqrt(fan_in), BN gamma 1 and beta 0.
+
+Images follow Keras's ``keras.config.image_data_format()``, as Keras Applications do:
+the convolutions, paddings and poolings take it, and `channel_axis` is the one axis
+that batch normalization, concatenation and the width checks use.
 """
 import math
 
@@ -21,6 +25,11 @@ BN_MOMENTUM = 0.9  # Keras momentum = 1 - PyTorch momentum (0.1)
 def torch_uniform():
     """PyTorch's default weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def channel_axis(x):
+    """The channel axis of `x`: 1 for an image under "channels_first", else the last axis."""
+    return 1 if len(x.shape) == 4 and keras.config.image_data_format() == "channels_first" else -1
 
 
 def conv(x, filters, kernel_size, stride=1, name=None):
@@ -41,7 +50,7 @@ def conv(x, filters, kernel_size, stride=1, name=None):
 
 def batch_norm(x, name):
     """Batch normalization with PyTorch's epsilon and momentum."""
-    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
+    return layers.BatchNormalization(axis=channel_axis(x), epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
 
 
 def linear(x, units, name, activation=None):

@@ -9,14 +9,19 @@ Inputs are checked against the serving signature before anything is run:
 
 * PNG and JPEG files are converted to the model's channels (grayscale or RGB) but
   never resized: an image of another size is refused, since resampling would change
-  what the model sees (resize it yourself if that is what you want);
-* ``.npy`` arrays hold a batch: (N, H, W, C), or (N, H, W) for one channel; the
-  vector models' arrays are (N, N_in) floats;
+  what the model sees (resize it yourself if that is what you want). 16-bit grayscale
+  PNGs are scaled to 0..255 (x * 255 / 65535, rounded; PIL reads 16-bit color PNGs as
+  8-bit itself); images of more than PIL's decompression-bomb limit
+  (`Image.MAX_IMAGE_PIXELS`, 89,478,485 pixels) are refused;
+* ``.npy`` arrays hold a non-empty batch: (N, H, W, C), or (N, H, W) for one channel;
+  the vector models' arrays are (N, N_in) floats;
 * images must be uint8 on 0..255 as the data set stores them: float arrays are
   refused, and so are images whose largest value is below `MIN_IMAGE_MAX` (32), the
-  mark of a wrong scale such as scikit-learn's 0..16 digits or 0..1 floats.
+  mark of a wrong scale such as scikit-learn's 0..16 digits or 0..1 floats;
+* a model built for any image size takes images of any size, one size per batch.
 """
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +33,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: An image whose brightest pixel is below this is taken as wrongly scaled (0..16, 0..1).
 MIN_IMAGE_MAX = 32
 BATCH = 256
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 class Predictor:
@@ -36,8 +42,7 @@ class Predictor:
     def __init__(self, path, dataset=None):
         path = Path(path)
         if path.is_dir() and not (path / "model.keras").is_file():
-            self.path = export.latest_version(path)
-            loaded = tf.saved_model.load(str(self.path))
+            self.path, loaded = export.load_export(path)
             if "serving_default" not in loaded.signatures:
                 raise ValueError(f"{str(self.path)!r} has no serving_default signature")
             function = loaded.signatures["serving_default"]
@@ -45,20 +50,21 @@ class Predictor:
             self.metadata = export.read_metadata(self.path) or {}
             self._loaded = loaded
             self._call = lambda x: function(**{self.input_name: tf.constant(x)})
-        else:
-            source = export.load_source(path)
-            export.check_nestzoo_model(source.model, repr(str(path)))
-            dataset = export._dataset_of(source, dataset)
-            module = export.serving_module(source.model, dataset=dataset)
+        elif path.exists():
+            module = export.serving_module(path, dataset=dataset)
             spec = module.serve.input_signature[0]
             self.path, self.input_name = path, spec.name
-            self.metadata = export._metadata(source, module, dataset, True, False)
+            self.metadata = export.metadata(module)
             self._call = lambda x: module.serve(tf.constant(x))
+        else:
+            raise ValueError(f"{str(path)!r} does not exist: expected {export.EXPORT_DIRECTORY} or a .keras file")
         self.shape, self.dtype = tuple(spec.shape[1:]), spec.dtype.as_numpy_dtype
         self.is_image = len(self.shape) == 3
 
     def __call__(self, batch):
-        """{output name: numpy array} of a checked batch, run in chunks of BATCH."""
+        """{output name: numpy array} of a checked, non-empty batch, run in chunks of BATCH."""
+        if not len(batch):
+            raise ValueError("the batch is empty: give at least one input")
         parts = [{k: v.numpy() for k, v in self._call(batch[i:i + BATCH]).items()}
                  for i in range(0, len(batch), BATCH)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -83,23 +89,49 @@ class Predictor:
         return rows
 
 
+def _check_size(path, width, height, predictor):
+    """Refuse an image whose size is not the model's (a None size takes any)."""
+    wanted_height, wanted_width = predictor.shape[:2]
+    if wanted_height not in (None, height) or wanted_width not in (None, width):
+        raise ValueError(f"{str(path)!r} is {width}x{height} pixels; the model takes "
+                         f"{wanted_width}x{wanted_height} images. nestzoo predict does not resize (resampling "
+                         "changes what the model sees): resize or crop it first")
+
+
+def _eight_bit(path, image, channels):
+    """The pixels of a loaded PIL image as uint8 (H, W, channels); 16-bit grayscale is scaled to 0..255."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        pixels = np.round(np.asarray(image, np.float64) * (255 / 65535)).astype(np.uint8)
+        return np.repeat(pixels[..., None], channels, axis=-1)
+    if image.mode in ("I", "F"):  # 32-bit integers or floats: no known scale
+        raise ValueError(f"{str(path)!r} holds 32-bit {'integer' if image.mode == 'I' else 'float'} pixels "
+                         f"(PIL mode {image.mode}), whose scale to 0..255 is unknown; save it as an 8- or "
+                         "16-bit PNG")
+    pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), np.uint8)
+    return pixels.reshape(pixels.shape[:2] + (-1,))
+
+
 def _read_image(path, predictor):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image.load()
-            mode = "L" if predictor.shape[-1] == 1 else "RGB"
-            pixels = np.asarray(image.convert(mode), np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                _check_size(path, *image.size, predictor)  # before decoding any pixel
+                image.load()
+                return _eight_bit(path, image, predictor.shape[-1])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(f"{str(path)!r} is too large: nestzoo predict reads images of at most "
+                         f"{Image.MAX_IMAGE_PIXELS:,} pixels (PIL's decompression-bomb limit; "
+                         f"{str(error).split(',')[0]}); the model takes "
+                         f"{'x'.join(str(size or 'any') for size in predictor.shape[1::-1])} images") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"{str(path)!r} is not an image: expected a PNG or JPEG file ({error})") from error
-    pixels = pixels.reshape(pixels.shape[:2] + (-1,))
-    height, width = predictor.shape[:2]
-    if pixels.shape[:2] != (height, width):
-        raise ValueError(f"{str(path)!r} is {pixels.shape[1]}x{pixels.shape[0]} pixels; the model takes "
-                         f"{width}x{height} images. nestzoo predict does not resize (resampling changes what the "
-                         "model sees): resize or crop it first")
-    return pixels
+
+
+def _matches(shape, expected):
+    return len(shape) == len(expected) and all(size in (None, got) for size, got in zip(expected, shape))
 
 
 def _read_npy(path, predictor):
@@ -110,11 +142,14 @@ def _read_npy(path, predictor):
     shape, given = predictor.shape, array.shape
     if predictor.is_image and array.ndim == 3 and shape[-1] == 1:
         array = array[..., None]  # (N, H, W) grayscale
-    if array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != shape:
+    described = ", ".join(map(str, shape))
+    if not _matches(array.shape[1:], shape):
         also = f" or (N, {shape[0]}, {shape[1]})" if predictor.is_image and shape[-1] == 1 else ""
         raise ValueError(f"{str(path)!r} holds an array of shape {given} "
-                         f"(rank {len(given)}); the model takes a batch (N, {', '.join(map(str, shape))})"
-                         f"{also}")
+                         f"(rank {len(given)}); the model takes a batch (N, {described}){also}")
+    if not len(array):
+        raise ValueError(f"{str(path)!r} holds an empty batch of shape {given}; give at least one input "
+                         f"(N >= 1, shape (N, {described}))")
     return array
 
 
@@ -167,7 +202,13 @@ def read_inputs(paths, predictor, range_check=True):
             else:
                 names.append(str(file))
                 items.append(_read_image(file, predictor)[None])
-    batch = np.concatenate(items) if items else np.zeros((0, *predictor.shape), predictor.dtype)
+    if not items:
+        raise ValueError("no inputs given: expected PNG or JPEG files, folders of them or .npy arrays")
+    sizes = sorted({item.shape[1:] for item in items})
+    if len(sizes) > 1:
+        raise ValueError(f"the inputs have {len(sizes)} sizes ({', '.join(map(str, sizes))}); the model takes "
+                         "any size, but one batch holds one: predict each size separately")
+    batch = np.concatenate(items)
     if predictor.is_image and range_check:
         _check_domain(batch, names)
     return names, batch.astype(predictor.dtype)

@@ -10,6 +10,8 @@ computes them, are in ``nestzoo.optimizers``. Pure Python (no Keras import), so 
 import dataclasses
 import math
 
+from nestzoo.specs import positive_int
+
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
@@ -34,9 +36,7 @@ class Recipe:
 
     def __post_init__(self):
         for field in ("epochs", "batch_size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+            positive_int(field, getattr(self, field))
         milestones = tuple(self.milestones)
         if any(not isinstance(m, int) or m < 1 for m in milestones) or any(
             a >= b for a, b in zip(milestones, milestones[1:])

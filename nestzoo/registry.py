@@ -1,11 +1,13 @@
 """The one registry: named architectures, each family's variants and their heads.
 
-Models are named ``"{arch}.{variant}"``, as timm's ``create_model`` names them.
-Pure Python (no Keras import), so the ``nestzoo`` command lists models instantly.
+Models are named ``"{arch}.{variant}"``, as timm's ``create_model`` names them;
+`parse_name` is the one reader of such names. Pure data (it imports no model code
+and no Keras), so the ``nestzoo`` command lists models instantly;
+``nestzoo.builders.create_model`` is the factory above it.
 
 Every variant of a family shares the backbone (the expansion W_0 and the blocks);
 the variants differ only in their head, how the final representation reaches the
-predictor (REFERENCE.md, "Heads"):
+predictor (docs/reference.md, "Heads"):
 
 ========== ============================================ ===================
 variant    head                                         paper
@@ -35,28 +37,29 @@ ARCHS = {
     "densenet-bc190-40": DenseNetSpec.from_layers(190, features=40, pointwise=True, compression=0.5),
 }
 VECTOR_ARCH = "mlp"  # the arch name that selects the vector-valued family
+FAMILIES = ("resnet", "densenet")  # the specs' `family`
 
 
 @dataclasses.dataclass(frozen=True)
 class Head:
-    """How the last representation x_L reaches the predictor."""
+    """How the last representation x_L reaches the predictor; `families`: those that have this variant
+    (not part of a head's equality: the DenseNEst's head is the ResNEst's)."""
 
     final_bn: bool = False
     final_relu: bool = False
     augmented: bool = False  # eq. (4): the predictor reads every feature v_i
+    families: tuple = dataclasses.field(default=("resnet",), compare=False)
 
 
+# A new variant is one entry here (and its builder in nestzoo.builders).
 HEADS = {
-    "standard": Head(final_bn=True, final_relu=True),
+    "standard": Head(final_bn=True, final_relu=True, families=FAMILIES),
     "resnest": Head(),
     "bn-resnest": Head(final_bn=True),
     "a-resnest": Head(augmented=True),
-    "densenest": Head(),  # eq. (9): x_L reaches W_{L+1} with no BN and no ReLU
+    "densenest": Head(families=("densenet",)),  # eq. (9): x_L reaches W_{L+1} with no BN and no ReLU
 }
-FAMILY_VARIANTS = {
-    "resnet": ("standard", "resnest", "bn-resnest", "a-resnest"),
-    "densenet": ("standard", "densenest"),
-}
+FAMILY_VARIANTS = {family: tuple(v for v, head in HEADS.items() if family in head.families) for family in FAMILIES}
 
 _DENSENET_NAME = re.compile(r"densenet-?(bc)?-?\(?(?:l=)?(\d+)[-,]*(?:k=)?(\d+)\)?")
 
@@ -125,13 +128,3 @@ def parse_name(name):
     family = get_spec(arch).family
     return family, canonical(arch), canonical_variant(variant, family)
 
-
-def create_model(name, **kwargs):
-    """Build a registered model by name, e.g. ``create_model("wrn40-4.a-resnest", classes=100)``.
-
-    Keyword arguments are those of the builders (input_shape, classes, ...).
-    """
-    from nestzoo.builders import build_model
-
-    family, arch, variant = parse_name(name)
-    return build_model(family, variant, arch, **kwargs)

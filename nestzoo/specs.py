@@ -225,3 +225,22 @@ class VectorDenseNetSpec(_VectorSpec):
 
     def __post_init__(self):
         self._validate(**{"blocks L": self.blocks, "features D": self.features})
+
+
+SPECS = (ResNetSpec, DenseNetSpec, VectorResNetSpec, VectorDenseNetSpec)
+
+
+def spec_config(spec):
+    """A spec as JSON-ready data: {"class": its class name, "config": its fields, tuples as lists}."""
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    return {"class": type(spec).__name__,
+            "config": {name: list(value) if isinstance(value, tuple) else value for name, value in fields.items()}}
+
+
+def spec_from_config(config):
+    """The spec that `spec_config` wrote (validated again)."""
+    classes = {cls.__name__: cls for cls in SPECS}
+    if not isinstance(config, dict) or config.get("class") not in classes:
+        found = config.get("class") if isinstance(config, dict) else config
+        raise ValueError(f"not a nestzoo spec: {found!r}; valid classes: {', '.join(classes)}")
+    return classes[config["class"]](**config["config"])

@@ -42,16 +42,16 @@ necessarily satisfy"); it is not sufficient in the mathematical sense (W_2 = W_0
 violates Assumption 4 at any width). The paper calls it sufficient in the
 practical sense that, when it holds, full column rank holds for almost every
 weight setting, as observed after random initialization and training.
-`bottleneck_condition` checks the necessary counting condition from the layer
-widths; `assumption4` checks the rank from the actual weights.
+`bottleneck_condition` checks the necessary counting condition from the widths;
+`assumption4` checks the rank from the actual weights.
 """
 import dataclasses
 import math
-import re
 
+import keras
 import numpy as np
 
-_FEATURES = re.compile(r"block(\d+)_features$")
+from nestzoo import basis, specs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +97,30 @@ class BottleneckCondition:
         return self.holds
 
 
-def _stage_condition(stage, width, k0, block_features):
-    """A StageCondition from M, K_0 and the (i, K_i) of the blocks in the inverse problem."""
-    features = (k0,) + tuple(k for _, k in block_features)
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a ResNet-family network read as a ResNEst of its own (module docstring).
+
+    width: M. k0: K_0, the width of what plays v_0. blocks: the (i, K_i) of the
+    stage's inverse problem (all its blocks but the last, and only blocks i < L).
+    last: the stage's last block. w0: the layer that plays W_0 (the expansion, or the
+    projection shortcut of the stage's first block); None for a spec.
+    """
+
+    stage: int
+    width: int
+    k0: int
+    blocks: tuple
+    last: int
+    w0: object = None
+
+
+def _stage_condition(stage):
+    """The StageCondition of a `Stage`."""
+    features = (stage.k0,) + tuple(k for _, k in stage.blocks)
     total = sum(features)
-    return StageCondition(stage, width, features, total, width >= total, width - total, total,
-                          tuple(i for i, _ in block_features))
+    return StageCondition(stage.stage, stage.width, features, total, stage.width >= total, stage.width - total,
+                          total, tuple(i for i, _ in stage.blocks))
 
 
 def _no_width_condition(what):
@@ -113,75 +131,65 @@ def _no_width_condition(what):
     )
 
 
-def _spec_stages(spec, input_shape):
-    """(stage, M, K_0, [(i, K_i)] of the inverse problem) of a ResNet spec."""
-    from nestzoo import specs
-
-    if isinstance(spec, (specs.DenseNetSpec, specs.VectorDenseNetSpec)):
+def _spec_stages(spec, k0):
+    """The `Stage`s (without W_0 layers) of a ResNet-family spec whose v_0 has K_0 = `k0`."""
+    if spec.family == "densenet":
         raise _no_width_condition(type(spec).__name__)
     if isinstance(spec, specs.VectorResNetSpec):
-        if input_shape is None:
-            raise ValueError("a VectorResNetSpec needs input_shape=(N_in,) (or N_in): K_0 = N_in")
-        k0 = input_shape if isinstance(input_shape, int) else input_shape[-1]
-        return [(0, spec.width, k0, [(i, spec.features) for i in range(1, spec.blocks)])]
-    if not isinstance(spec, specs.ResNetSpec):
-        raise ValueError(f"expected a nestzoo model or a ResNetSpec/VectorResNetSpec, got {type(spec).__name__}")
-    k0 = 3 if input_shape is None else input_shape if isinstance(input_shape, int) else input_shape[-1]
+        return [Stage(0, spec.width, k0, tuple((i, spec.features) for i in range(1, spec.blocks)), spec.blocks)]
     stages, first = [], 1
     for stage, (n, width, features) in enumerate(zip(spec.blocks, spec.width, spec.features)):
-        stages.append((stage, width, k0, [(i, features) for i in range(first, first + n - 1)]))
-        first, k0 = first + n, width
+        last = first + n - 1
+        stages.append(Stage(stage, width, k0, tuple((i, features) for i in range(first, last)), last))
+        first, k0 = last + 1, width
     return stages
+
+
+def _spec_k0(spec, input_shape):
+    """K_0 of stage 0 from `input_shape` (a tuple whose last entry counts, or an int)."""
+    if not isinstance(spec, (specs.ResNetSpec, specs.VectorResNetSpec, specs.DenseNetSpec, specs.VectorDenseNetSpec)):
+        raise ValueError(f"expected a nestzoo model or a ResNetSpec/VectorResNetSpec, got {type(spec).__name__}")
+    if input_shape is None:
+        if isinstance(spec, specs.VectorResNetSpec):
+            raise ValueError("a VectorResNetSpec needs input_shape=(N_in,) (or N_in): K_0 = N_in")
+        return 3
+    return input_shape if isinstance(input_shape, int) else input_shape[-1]
+
+
+def _channels_first(model):
+    """Whether the model's images are (channels, height, width) (the data format it was built with)."""
+    return model.options["data_format"] == "channels_first"
 
 
 def model_stages(model):
-    """The stages of a nestzoo ResNet-family model read from its layers (their actual widths).
+    """The `Stage`s of a nestzoo ResNet-family model, any variant, with the layers that play W_0.
 
-    Returns a list of dicts: stage, width M, the layer that plays W_0 (``expansion``
-    or ``block{i}_shortcut``), K_0, the stage's blocks (i, K_i) in the inverse problem
-    (all but its last block, or all blocks i < L of an A-ResNEst, whose W_L is
-    deleted), and the stage's last block.
+    The widths are the model's spec's (``nestzoo.basis.identity``) and K_0 of stage 0
+    its input's channels (N_in of a vector model). An A-ResNEst's last block, whose
+    W_L is deleted, is in no inverse problem; alone in a stage of its own, that stage
+    has no residual space and is not listed.
     """
-    from nestzoo.heads import variant_of
-
-    family_variant = variant_of(model)
-    if family_variant is None:
-        raise ValueError(f"model {model.name!r} is not a nestzoo model: it has no 'expansion' layer and no "
-                         "'block{i}_features' taps (build one with nestzoo.ResNEst and friends)")
-    if family_variant[0] == "densenet":
+    identity = basis.identity(model)
+    if identity.family == "densenet":
         raise _no_width_condition(f"model {model.name!r}")
-    names = {layer.name for layer in model.layers}
-    L = max(int(m.group(1)) for m in map(_FEATURES.match, names) if m)
-    channels = lambda name: int(model.get_layer(name).output.shape[-1])  # noqa: E731
-    expansion = model.get_layer("expansion")
-    stages = [dict(stage=0, width=channels("expansion"), w0="expansion",
-                   k0=int(expansion.input.shape[-1]), blocks=[])]
-    for i in range(1, L + 1):
-        if f"block{i}_shortcut" in names:
-            shortcut = model.get_layer(f"block{i}_shortcut")
-            stages.append(dict(stage=len(stages), width=channels(f"block{i}_shortcut"), w0=f"block{i}_shortcut",
-                               k0=int(shortcut.input.shape[-1]), blocks=[]))
-        elif f"block{i}_x" not in names and i > 1 and _spatial(model, i) != _spatial(model, i - 1):
-            break  # an A-ResNEst's deleted W_L alone in a new stage: that stage has no residual space
-        stages[-1]["blocks"].append((i, channels(f"block{i}_features")))
-    for s in stages:
-        last = s["blocks"][-1][0] if s["blocks"] else None
-        s["last"] = last
-        s["blocks"] = [(i, k) for i, k in s["blocks"] if i != last and i < L]
+    stages = []
+    channels = model.input.shape[1 if _channels_first(model) else -1]
+    for stage in _spec_stages(identity.spec, int(channels)):
+        first = stage.blocks[0][0] if stage.blocks else stage.last
+        w0 = basis.expansion(model) if stage.stage == 0 else basis.block_layers(model, first).get("shortcut")
+        if w0 is None:
+            break
+        stages.append(dataclasses.replace(stage, w0=w0))
     return stages
-
-
-def _spatial(model, i):
-    return tuple(model.get_layer(f"block{i}_features").output.shape[1:-1])
 
 
 def bottleneck_condition(model_or_spec, input_shape=None):
     """Section 3.2's bottleneck condition M >= sum_{i=0}^{L-1} K_i, for every stage.
 
-    model_or_spec: a nestzoo ResNet-family ``keras.Model`` (any variant; its actual
-    layer widths are read), or a ``ResNetSpec``/``VectorResNetSpec``, with
-    `input_shape` giving N_in (required for a vector spec) or the image channels
-    (default 3): a tuple whose last entry is used, or an int.
+    model_or_spec: a nestzoo ResNet-family ``keras.Model`` (any variant; the widths
+    of the spec it carries, K_0 from its input), or a ``ResNetSpec`` or
+    ``VectorResNetSpec``, with `input_shape` giving N_in (required for a vector spec)
+    or the image channels (default 3): a tuple whose last entry is used, or an int.
 
     Per stage (see the module docstring for the mapping of a multi-stage network):
     M, K_0..K_{n-1}, their sum, holds, margin M - sum and the smallest M that
@@ -191,13 +199,13 @@ def bottleneck_condition(model_or_spec, input_shape=None):
     DenseNet-family models and specs raise ValueError: Proposition 3 needs no width
     condition.
     """
-    if hasattr(model_or_spec, "layers") and hasattr(model_or_spec, "get_layer"):
+    if isinstance(model_or_spec, keras.Model):
         if input_shape is not None:
             raise ValueError("input_shape is for specs; a model's own input gives K_0")
-        stages = [(s["stage"], s["width"], s["k0"], s["blocks"]) for s in model_stages(model_or_spec)]
+        stages = model_stages(model_or_spec)
     else:
-        stages = _spec_stages(model_or_spec, input_shape)
-    return BottleneckCondition(tuple(_stage_condition(*s) for s in stages))
+        stages = _spec_stages(model_or_spec, _spec_k0(model_or_spec, input_shape))
+    return BottleneckCondition(tuple(_stage_condition(s) for s in stages))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,9 +298,10 @@ def assumption4(model, tol=None, max_columns=2048):
     exact because a 1x1 convolution is that matrix at every pixel. A stage with a 3x3
     map (the stem W_0, basic blocks' W_i): the rank of the actual zero-padded
     convolution operator on the stage's own grid (the exact statement at the model's
-    resolution) while it has at most `max_columns` columns; beyond that, on the
-    largest n x n grid within the budget (n >= 3, so the grid has corner, edge and
-    interior pixels, each of which a 3x3 kernel treats differently). The smaller grid
+    resolution) while it has at most `max_columns` columns; beyond that, or where the
+    model takes a variable input size, on the largest n x n grid within the budget
+    (n >= 3, so the grid has corner, edge and interior pixels, each of which a 3x3
+    kernel treats differently). The smaller grid
     is a proxy: the counting condition is the same on every grid (hw M rows, hw sum K
     columns), and the operator is block-banded Toeplitz, whose singular values
     depend on the grid size only through its border rows. `grid` says which was used.
@@ -301,22 +310,21 @@ def assumption4(model, tol=None, max_columns=2048):
     rule for float32 weights, sigma_max * max(shape) * eps(float32).
     """
     stages = []
+    vector = basis.identity(model).spec.input_rank == 1
     for s in model_stages(model):
-        maps = [(s["w0"], s["k0"])] + [(f"block{i}_W", k) for i, k in s["blocks"]]
-        kernels = [_kernel(model.get_layer(name)) for name, _ in maps]
-        if len(model.input.shape) == 2:
-            stages.append(_rank(s["stage"], np.concatenate([k[0, 0].T for k in kernels], axis=1), "vector", tol))
+        kernels = [_kernel(s.w0)] + [_kernel(basis.block_layers(model, i)["W"]) for i, _ in s.blocks]
+        if vector or all(k.shape[0] == 1 for k in kernels):
+            matrix = np.concatenate([k[0, 0].T for k in kernels], axis=1)
+            stages.append(_rank(s.stage, matrix, "vector" if vector else "per pixel", tol))
             continue
-        if all(k.shape[0] == 1 for k in kernels):
-            stages.append(_rank(s["stage"], np.concatenate([k[0, 0].T for k in kernels], axis=1), "per pixel", tol))
-            continue
-        h, w = model.get_layer(s["w0"]).output.shape[1:3]
-        total = sum(k for _, k in maps)
+        total = s.k0 + sum(k for _, k in s.blocks)
+        n = max(3, math.isqrt(max_columns // total))  # the largest n x n grid within the budget
+        grid = s.w0.output.shape[2:] if _channels_first(model) else s.w0.output.shape[1:3]
+        h, w = (n if size is None else size for size in grid)  # None: a variable input size
         if h * w * total > max_columns:
-            n = max(3, math.isqrt(max_columns // total))
             h, w = min(h, n), min(w, n)
         operator = np.concatenate([conv_operator(k, (h, w)) for k in kernels], axis=1)
-        stages.append(_rank(s["stage"], operator, (h, w), tol))
+        stages.append(_rank(s.stage, operator, (h, w), tol))
     return Assumption4(tuple(stages))
 
 
@@ -333,33 +341,46 @@ CE_FTOL = 1e-12  # L-BFGS's relative-decrease tolerance
 CE_MAX_ITER = 1000
 
 
-def _summary_layer(mode, stride=1, name=None):
-    """A keras layer that summarizes a tapped tensor into the vector a convex fit reads."""
-    import keras
+class Summary(keras.layers.Layer):
+    """Summarize a tapped tensor into the vector a convex fit reads (any backend).
 
-    class Summary(keras.layers.Layer):
-        """``flat``: flattened. Vectors pass through. Images: ``mean`` = global average pool; ``border`` = the
-        mean, the means of the first and last rows and columns, and the four corner pixels
-        (9 C numbers), whose span holds GAP(W * v) for every 3x3 zero-padded W (see `erlb`).
-        `stride` first takes the pixels a strided 1x1 convolution reads."""
+    mode: ``flat`` flattens. Vectors pass through the others. For images, ``mean``
+    is the global average pool and ``border`` the mean, the means of the first and
+    last rows and columns and the four corner pixels (9 C numbers), whose span holds
+    GAP(W * v) for every 3x3 zero-padded W (`erlb_taps`). stride: take first the
+    pixels a strided 1x1 convolution reads. data_format: the images' layout, as Keras
+    names it (None: ``keras.config.image_data_format()``).
+    """
 
-        def call(self, x):
-            ops = keras.ops
-            if mode == "flat":
-                return ops.reshape(x, (ops.shape(x)[0], -1))
-            if len(x.shape) == 2:
-                return x
-            if stride > 1:
-                x = x[:, ::stride, ::stride, :]
-            mean = ops.mean(x, axis=(1, 2))
-            if mode == "mean":
-                return mean
-            parts = [mean, ops.mean(x[:, 0], axis=1), ops.mean(x[:, -1], axis=1),
-                     ops.mean(x[:, :, 0], axis=1), ops.mean(x[:, :, -1], axis=1),
-                     x[:, 0, 0], x[:, 0, -1], x[:, -1, 0], x[:, -1, -1]]
-            return ops.concatenate(parts, axis=-1)
+    MODES = ("mean", "border", "flat")
 
-    return Summary(name=name)
+    def __init__(self, mode="mean", stride=1, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"unknown summary {mode!r}; valid choices: {', '.join(self.MODES)}")
+        self.mode, self.stride = mode, stride
+        self.data_format = data_format or keras.config.image_data_format()
+
+    def call(self, x):
+        ops = keras.ops
+        if self.mode == "flat":
+            return ops.reshape(x, (ops.shape(x)[0], -1))
+        if len(x.shape) == 2:
+            return x
+        if self.data_format == "channels_first":
+            x = ops.transpose(x, (0, 2, 3, 1))
+        if self.stride > 1:
+            x = x[:, ::self.stride, ::self.stride, :]
+        mean = ops.mean(x, axis=(1, 2))
+        if self.mode == "mean":
+            return mean
+        parts = [mean, ops.mean(x[:, 0], axis=1), ops.mean(x[:, -1], axis=1),
+                 ops.mean(x[:, :, 0], axis=1), ops.mean(x[:, :, -1], axis=1),
+                 x[:, 0, 0], x[:, 0, -1], x[:, -1, 0], x[:, -1, -1]]
+        return ops.concatenate(parts, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "stride": self.stride, "data_format": self.data_format}
 
 
 def _probe(model, taps):
@@ -368,11 +389,9 @@ def _probe(model, taps):
     taps: {key: (tensor, mode, stride)}; ``logits`` (the predictor's output before its
     activation) is always added.
     """
-    import keras
-
-    outputs = {"logits": model.get_layer("logits").output}
+    outputs = {"logits": basis.top_layers(model)["logits"].output}
     for key, (tensor, mode, stride) in taps.items():
-        outputs[key] = _summary_layer(mode, stride, name=f"summary_{key}")(tensor)
+        outputs[key] = Summary(mode, stride, model.options["data_format"], name=f"summary_{key}")(tensor)
     return keras.Model(model.input, outputs, name=f"{model.name}_probe")
 
 
@@ -383,7 +402,7 @@ def _loss_of(model, loss):
             raise ValueError(f"unsupported loss {loss!r}: the theory tools fit {' or '.join(LOSSES)} "
                              "(Assumption 2: convex and differentiable in the prediction)")
         return _LOSS_NAMES[loss]
-    activation = model.get_layer("predictions").get_config()["activation"]
+    activation = basis.top_layers(model)["predictions"].get_config()["activation"]
     if activation == "softmax":
         return "cross_entropy"
     if activation == "linear":
@@ -393,57 +412,52 @@ def _loss_of(model, loss):
                      "(squared_error); pass loss= for a logits classifier")
 
 
-def _check_nestzoo(model):
-    from nestzoo.heads import variant_of
-
-    names = {layer.name for layer in getattr(model, "layers", ())}
-    family_variant = variant_of(model) if names else None
-    if family_variant is None or "logits" not in names or "predictions" not in names:
-        raise ValueError(f"{getattr(model, 'name', type(model).__name__)!r} is not a nestzoo model with its top: it "
-                         "needs the feature taps 'input', 'expansion', 'block{i}_features' and the predictor "
-                         "'logits'/'predictions' (build it with nestzoo.ResNEst and friends, include_top=True)")
-    return family_variant
+def _with_top(model):
+    """The model's `basis.Identity`, refusing a model without the predictor the tools fit."""
+    identity = basis.identity(model)
+    top = basis.top_layers(model)
+    if "logits" not in top or "predictions" not in top:
+        raise ValueError(f"model {model.name!r} has no top (it was built with include_top=False): the theory tools "
+                         "fit and compare its predictor; build it with include_top=True")
+    return identity
 
 
-def _batches(data, batch_size):
-    """(x, y) numpy batches of `data`: (x, y) arrays, a nestzoo.data.Datasets or data set name (its
-    training split, unaugmented), or a finite batched tf.data dataset of (x, y)."""
-    if isinstance(data, str):
-        from nestzoo.data import load
+def _training_batches(data, batch_size):
+    """(x, y) numpy batches of the training data, one pass, unaugmented.
 
-        data = load(data, batch_size, augment=False)
-    if hasattr(data, "train") and hasattr(data, "spec"):
-        data = data.train
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(hasattr(a, "shape") for a in data):
-        x, y = (np.asarray(a) for a in data)
-        if len(x) != len(y):
-            raise ValueError(f"x and y have different numbers of examples: {len(x)} and {len(y)}")
-        return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    data: anything `nestzoo.data.splits` takes (its train batches; a data set name's
+    unaugmented), or a finite batched tf.data dataset of (x, y), itself the batches.
+    """
     import tensorflow as tf
 
-    if isinstance(data, tf.data.Dataset):
-        if data.cardinality() == tf.data.INFINITE_CARDINALITY:
-            raise ValueError("the tf.data dataset is infinite (a repeat()?); give a finite one")
-        if not isinstance(data.element_spec, tuple) or len(data.element_spec) != 2:
-            raise ValueError("the tf.data dataset must yield (x, y) batches")
-        return ((x.numpy(), y.numpy()) for x, y in data)
-    raise ValueError("data must be (x, y) numpy arrays, a nestzoo.data.Datasets, a data set name or a finite batched "
-                     f"tf.data dataset of (x, y); got {type(data).__name__}")
+    from nestzoo.data import splits
+
+    train = data if isinstance(data, tf.data.Dataset) else splits(data, batch_size, augment=False).train
+    if train.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("the tf.data dataset is infinite (a repeat()?); give a finite one")
+    if not isinstance(train.element_spec, tuple) or len(train.element_spec) != 2:
+        raise ValueError(f"the tf.data dataset must yield (x, y) batches, got {train.element_spec}")
+    return train.as_numpy_iterator()
+
+
+def _fits(shape, expected):
+    """Whether an example's shape fits the model's input (None: any size)."""
+    return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
 
 
 def _collect(model, probe, data, loss, batch_size):
     """Run `probe` over the data in batches: ({key: float64 array}, targets), validated."""
     expected = tuple(model.input.shape[1:])
-    outputs = model.get_layer("logits").output.shape[-1]
+    outputs = basis.top_layers(model)["logits"].output.shape[-1]
     parts, targets = {}, []
-    for x, y in _batches(data, batch_size):
-        if tuple(x.shape[1:]) != expected:
+    for x, y in _training_batches(data, batch_size):
+        if not _fits(x.shape[1:], expected):
             raise ValueError(f"data of shape {tuple(x.shape[1:])} per example does not fit model {model.name!r}, "
                              f"which takes {expected}")
         if len(x) != len(y):
             raise ValueError(f"a batch has {len(x)} inputs but {len(y)} targets")
         for key, value in probe(x.astype("float32"), training=False).items():
-            parts.setdefault(key, []).append(np.asarray(value, dtype=np.float64))
+            parts.setdefault(key, []).append(keras.ops.convert_to_numpy(value).astype(np.float64))
         targets.append(np.asarray(y))
     if not targets or sum(len(t) for t in targets) == 0:
         raise ValueError("the data set is empty")
@@ -539,7 +553,7 @@ class ERLB:
     R: the model's own empirical risk (eq. 3's objective at its weights). A: the
     convex optimum over H_0..H_L (eq. 5) on the frozen features. epsilon = R - A
     (eq. 6; >= 0, and 0 at Theorem 1(b)'s local minima). loss, examples, the
-    feature set (`features`: the taps and how each is summarized), its dimension,
+    feature set (`taps`: the tapped v_i and how each is summarized), its dimension,
     the solver's convergence, and `class_residual`: the relative RMS residual of
     the least-squares fit of the model's own logits on the features (~1e-7: the
     model's predictor lies in the A-ResNEst's class, so epsilon >= 0 holds up to that
@@ -552,23 +566,23 @@ class ERLB:
     epsilon: float
     loss: str
     examples: int
-    features: tuple
+    taps: tuple
     dimension: int
     converged: bool
     iterations: int
     class_residual: float
 
 
-def _require_resnest(model, family_variant, what):
-    family, variant = family_variant
-    if variant == "a-resnest":
+def _require_linear_head(model, identity):
+    """Refuse the heads Proposition 2 does not bound: the augmented one, and one with a ReLU on x_L."""
+    if identity.head.augmented:
         raise ValueError(f"model {model.name!r} is an A-ResNEst: it is its own lower bound (Proposition 2), its "
                          "heads H_0..H_L being the prediction weights erlb would fit; pass the ResNEst that shares "
                          "its features, or compare its risk with block_risks")
-    if variant == "standard":
-        raise ValueError(f"model {model.name!r} is a standard {family}: BN and ReLU on x_L make its prediction "
-                         "nonlinear in the features, so Proposition 2 does not bound it; the ResNEst, BN-ResNEst "
-                         f"and DenseNEst heads are linear in them ({what})")
+    if identity.head.final_relu:
+        raise ValueError(f"model {model.name!r} is a {identity.variant} {identity.family}: BN and ReLU on x_L make "
+                         "its prediction nonlinear in the features, so Proposition 2 does not bound it; the "
+                         "ResNEst, BN-ResNEst and DenseNEst heads are linear in them")
 
 
 def erlb_taps(model, border=True):
@@ -591,19 +605,17 @@ def erlb_taps(model, border=True):
     * DenseNEst, eq. (9): the pooled x_L = concat of the features W_{L+1} reads;
       (PD_phi) is then itself the convex problem, and epsilon its optimization gap.
     """
-    family, _ = _check_nestzoo(model)
-    layer = model.get_layer
-    if family == "densenet":
-        return {"x_L": (layer("logits").input, "mean", 1)}
+    if _with_top(model).family == "densenet":
+        return {"x_L": (basis.top_layers(model)["logits"].input, "mean", 1)}
     stage = model_stages(model)[-1]
-    summary = lambda name: "border" if border and _kernel(layer(name)).shape[0] == 3 else "mean"  # noqa: E731
-    if stage["w0"] == "expansion":
-        taps = {"v0": (layer("input").output, summary("expansion"), 1)}
-    else:
-        shortcut = layer(stage["w0"])
-        taps = {f"v0 (stage {stage['stage']})": (shortcut.input, summary(stage["w0"]), shortcut.strides[0])}
-    for i in [i for i, _ in stage["blocks"]] + [stage["last"]]:
-        taps[f"v{i}"] = (layer(f"block{i}_features").output, summary(f"block{i}_W"), 1)
+    summary = lambda layer: "border" if border and _kernel(layer).shape[0] == 3 else "mean"  # noqa: E731
+    if stage.stage == 0:  # W_0 is the expansion of the input v_0
+        taps = {"v0": (basis.tap(model, "v0").output, summary(stage.w0), 1)}
+    else:  # W_0 is the projection shortcut of the pre-activated stage input
+        taps = {f"v0 (stage {stage.stage})": (stage.w0.input, summary(stage.w0), stage.w0.strides[0])}
+    for i in [i for i, _ in stage.blocks] + [stage.last]:
+        block = basis.block_layers(model, i)
+        taps[f"v{i}"] = (block["features"].output, summary(block["W"]), 1)
     return taps
 
 
@@ -621,14 +633,15 @@ def erlb(model, data, loss=None, border=True, batch_size=256, max_iter=CE_MAX_IT
     Theorem 1(b): epsilon = 0 at every local minimizer of (P_phi) when M >= N_o and
     Assumption 4 holds.
 
-    data: (x, y) numpy arrays, a ``nestzoo.data.Datasets`` or data set name (its
-    training split, unaugmented), or a finite batched tf.data dataset of (x, y);
-    computed in batches of `batch_size`, holding only the summarized features.
+    data: the training batches of anything ``nestzoo.data.splits`` takes (a data set
+    name: its training split, unaugmented; (x, y) numpy arrays; a
+    ``nestzoo.data.Datasets`` or (train, test) parts: their train as given), or a
+    finite batched tf.data dataset of (x, y); computed in batches of `batch_size` (a
+    dataset's as they come), holding only the summarized features.
     Squared-error risk: the mean over examples of the squared error summed over the
     outputs. Cross-entropy: the mean softmax cross-entropy (nats).
     """
-    family_variant = _check_nestzoo(model)
-    _require_resnest(model, family_variant, "erlb")
+    _require_linear_head(model, _with_top(model))
     loss = _loss_of(model, loss)
     taps = erlb_taps(model, border)
     features, y = _collect(model, _probe(model, taps), data, loss, batch_size)
@@ -651,29 +664,30 @@ class BlockRisks:
     """The risk of the best affine predictor, block by block (Sections 2.4 and 3.1).
 
     blocks: i = 0..L. residual[i]: on x_i (None where the model has no x_i: an
-    A-ResNEst's x_L). features[i]: on v_0..v_i, the truncated A-ResNEst of eq. (4).
-    linear: on the input itself (flattened), the best linear predictor of Corollary 2
-    and Proposition 3. model: the model's own risk. Image representations are
-    globally average-pooled, as the heads see them (v_0: the pooled input).
+    A-ResNEst's x_L). augmented[i]: on v_0..v_i, the A-ResNEst of eq. (4) truncated
+    after block i. linear: on the input itself (flattened), the best linear predictor
+    of Corollary 2 and Proposition 3. model: the model's own risk. Image
+    representations are globally average-pooled, as the heads see them (v_0: the
+    pooled input).
     """
 
     blocks: tuple
     residual: tuple
-    features: tuple
+    augmented: tuple
     linear: float
     model: float
     loss: str
     examples: int
 
     def rows(self):
-        """The table as a list of dicts (block, residual, features)."""
-        return [dict(block=i, residual=r, features=f) for i, r, f in zip(self.blocks, self.residual, self.features)]
+        """The table as a list of dicts (block, residual, augmented)."""
+        return [dict(block=i, residual=r, augmented=a) for i, r, a in zip(self.blocks, self.residual, self.augmented)]
 
     def table(self):
         """The table as text."""
         lines = [f"{'block i':>7}  {'best on x_i':>12}  {'best on v_0..v_i':>16}"]
-        for i, r, f in zip(self.blocks, self.residual, self.features):
-            lines.append(f"{i:>7}  {'-' if r is None else format(r, '.6g'):>12}  {f:>16.6g}")
+        for i, r, a in zip(self.blocks, self.residual, self.augmented):
+            lines.append(f"{i:>7}  {'-' if r is None else format(r, '.6g'):>12}  {a:>16.6g}")
         lines.append(f"best linear predictor of the input: {self.linear:.6g}; the model: {self.model:.6g} ({self.loss})")
         return "\n".join(lines)
 
@@ -690,20 +704,16 @@ def block_risks(model, data, loss=None, batch_size=256, max_iter=CE_MAX_ITER):
     risk is an upper bound on its optimum). The flattened input is held in memory
     (N x its size).
     """
-    family, variant = _check_nestzoo(model)
+    L = _with_top(model).num_blocks
     loss = _loss_of(model, loss)
-    from nestzoo.basis import basis_layers
-
-    names = basis_layers(model)
-    L = max(int(key[1:]) for key in names if key.startswith("v"))
-    taps = {key: (model.get_layer(name).output, "mean", 1) for key, name in names.items()}
-    taps["input"] = (model.get_layer("input").output, "flat", 1)
+    taps = {key: (basis.tap(model, key).output, "mean", 1) for key in basis.basis_layers(model)}
+    taps["input"] = (basis.tap(model, "v0").output, "flat", 1)
     features, y = _collect(model, _probe(model, taps), data, loss, batch_size)
     classes = features["logits"].shape[1]
     fit = lambda phi: fit_affine(phi, y, loss, classes=classes, max_iter=max_iter).risk  # noqa: E731
     residual = tuple(fit(features[f"x{i}"]) if f"x{i}" in features else None for i in range(L + 1))
-    stacked = tuple(fit(np.concatenate([features[f"v{j}"] for j in range(i + 1)], axis=1)) for i in range(L + 1))
-    return BlockRisks(tuple(range(L + 1)), residual, stacked, fit(features["input"]),
+    augmented = tuple(fit(np.concatenate([features[f"v{j}"] for j in range(i + 1)], axis=1)) for i in range(L + 1))
+    return BlockRisks(tuple(range(L + 1)), residual, augmented, fit(features["input"]),
                       risk(features["logits"], y, loss), loss, len(y))
 
 
@@ -716,7 +726,7 @@ def plot_block_risks(result, path, title=None):
 
     fig, ax = plt.subplots(figsize=(6, 4))
     blocks = np.array(result.blocks)
-    ax.plot(blocks, result.features, "o-", label="best affine on v_0..v_i (A-ResNEst, eq. 4)")
+    ax.plot(blocks, result.augmented, "o-", label="best affine on v_0..v_i (A-ResNEst, eq. 4)")
     known = [(i, r) for i, r in zip(result.blocks, result.residual) if r is not None]
     if known:
         ax.plot(*zip(*known), "s--", label="best affine on x_i")

@@ -1,4 +1,4 @@
-"""nestzoo under Keras's JAX and PyTorch backends: builders, .keras files, basis taps, CoupledSGD.
+"""nestzoo under Keras's JAX and PyTorch backends: builders, .keras files and identity, basis taps, CoupledSGD.
 
 Keras reads KERAS_BACKEND once, at import, so each backend runs this file as a
 script in its own process. A backend that is not installed fails the test.
@@ -36,6 +36,7 @@ def check_backend(backend, tmp_dir):
     import keras
 
     import nestzoo
+    from nestzoo import basis
 
     assert keras.backend.backend() == backend, f"Keras runs {keras.backend.backend()}, not {backend}"
     rng = np.random.default_rng(0)
@@ -48,7 +49,9 @@ def check_backend(backend, tmp_dir):
         np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-5, err_msg=builder)  # softmax over 3 classes
         path = Path(tmp_dir) / f"{builder}.keras"
         model.save(path)
-        np.testing.assert_array_equal(keras.saving.load_model(path).predict(x, verbose=0), y, err_msg=builder)
+        reloaded, clone = keras.saving.load_model(path), keras.models.clone_model(model)
+        np.testing.assert_array_equal(reloaded.predict(x, verbose=0), y, err_msg=builder)
+        assert reloaded.identity == clone.identity == model.identity and reloaded.options == model.options, builder
 
     resnest = nestzoo.ResNEst(classifier_activation=None, **RESNET)
     taps = nestzoo.basis_model(resnest)(x)
@@ -56,7 +59,7 @@ def check_backend(backend, tmp_dir):
     for i, shape in enumerate([(2, 8, 8, 4), (2, 4, 4, 8), (2, 2, 2, 8)], 1):  # one block per stage
         expected[f"v{i}"] = expected[f"x{i}"] = shape
     assert {k: tuple(v.shape) for k, v in taps.items()} == expected
-    kernel, bias = resnest.get_layer("logits").get_weights()
+    kernel, bias = basis.top_layers(resnest)["logits"].get_weights()
     pooled = keras.ops.convert_to_numpy(taps["x3"]).mean(axis=(1, 2))
     np.testing.assert_allclose(resnest.predict(x, verbose=0), pooled @ kernel + bias, rtol=1e-4, atol=1e-5)  # eq. 2
 

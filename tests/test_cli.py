@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 
 from nestzoo import cli
-from nestzoo.recipe import RECIPES, get_recipe, scale_milestones
-from nestzoo.training import report
 
 ROOT = Path(__file__).resolve().parents[1]
 # A line of TensorFlow's C++ log: "I0000 00:00:1795426178.647889   15179 port.cc:153] oneDNN ..."
@@ -27,7 +25,7 @@ def test_models_lists_the_registry(nestzoo_cli):
 @pytest.mark.parametrize("command, words", [
     ("train", ["--arch", "--variant", "--dataset", "--recipe", "--epochs", "--lr", "--milestones", "--seeds",
                "--precision", "--jit-compile", "--mirrored", "--output", "--resume", "coupled weight decay"]),
-    ("evaluate", ["model", "--dataset", "--batch-size"]),
+    ("evaluate", ["RUN_DIR_OR_MODEL", "--dataset", "--batch-size"]),
 ])
 def test_help_describes_options(nestzoo_cli, command, words):
     code, out = nestzoo_cli(command, "--help")
@@ -37,8 +35,9 @@ def test_help_describes_options(nestzoo_cli, command, words):
 @pytest.mark.parametrize("argv, message", [
     (["--recipe", "fast"], "argument --recipe: invalid choice: 'fast'"),
     (["--precision", "float16"], "invalid choice: 'float16'"),
-    (["--epochs", "0"], "epochs must be an integer >= 1, got 0"),
-    (["--batch-size", "-1"], "batch_size must be an integer >= 1, got -1"),
+    (["--epochs", "0"], "argument --epochs: '0': the value must be a positive integer, got 0"),
+    (["--batch-size", "-1"], "argument --batch-size: '-1': the value must be a positive integer, got -1"),
+    (["--epochs", "2.5"], "argument --epochs: '2.5' is not an integer"),
     (["--milestones", "60", "30"], "milestones must be strictly increasing"),
     (["--seeds"], "seeds is empty"),
     (["--arch", "resnet21"], "unknown arch 'resnet21'; valid choices: resnet20, resnet110"),
@@ -59,8 +58,9 @@ def test_train_then_evaluate(nestzoo_cli, tmp_path):
     assert summary["config"]["data"] == "digits" and summary["config"]["initial_learning_rate"] == 0.01
     assert f"test accuracy: {100 * summary['test_accuracy']:.2f}%" in out and "resnet20.resnest" in out
 
-    code, out = nestzoo_cli("evaluate", str(run_dir / "model.keras"), "--verbose", "0")
-    assert code == 0 and f"accuracy {100 * summary['test_accuracy']:.2f}%" in out
+    for given in (run_dir, run_dir / "model.keras"):  # the data set is the run's (config.json)
+        code, out = nestzoo_cli("evaluate", given, "--verbose", "0")
+        assert code == 0 and f"on digits (test): loss" in out and f"accuracy {100 * summary['test_accuracy']:.2f}%" in out
 
     served = tmp_path / "saved_models" / "resnet20_resnest" / "1"
     code, out = nestzoo_cli("export", str(run_dir), "--base-dir", str(tmp_path / "saved_models"))  # data from config
@@ -106,8 +106,11 @@ def test_data_options_reach_the_loader(nestzoo_cli, monkeypatch, tmp_path):
     monkeypatch.setattr(cli.training, "train_seeds", fake_train_seeds)
     nestzoo_cli("train", "--dataset", "cifar10", "--source", "~/cifar-10-batches-py", "--data-dir", "/d", "--no-download")
     assert seen == {"source": "~/cifar-10-batches-py", "data_dir": "/d", "download": False}
-    code, out = nestzoo_cli("evaluate", "model.keras", "--dataset", "cifar100", "--data-dir", str(tmp_path),
-                    "--no-download")
+    import nestzoo
+
+    nestzoo.create_model("resnet20.standard", input_shape=(32, 32, 3), classes=100).save(tmp_path / "model.keras")
+    code, out = nestzoo_cli("evaluate", tmp_path / "model.keras", "--dataset", "cifar100", "--data-dir", tmp_path,
+                            "--no-download")
     assert code == 2 and f"CIFAR-100 is not prepared in {tmp_path / 'cifar100'}" in out and "download=False" in out
 
 
@@ -121,12 +124,48 @@ finally:
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["models"], ["models", "wrn*"], ["train", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["models"], ["models", "wrn*"], ["train", "--help"], ["--version"]])
 def test_help_and_listing_import_no_tensorflow(argv):
     result = subprocess.run([sys.executable, "-c", LISTING, *argv], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.stdout.splitlines()[-1] == "imported: []", result.stderr[-2000:]
-    assert "usage: nestzoo" in result.stdout or "wrn16-8.standard" in result.stdout
+    assert "usage: nestzoo" in result.stdout or "wrn16-8.standard" in result.stdout or "nestzoo 0." in result.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--arch", "resnet21"], "unknown arch 'resnet21'; valid choices: resnet20, resnet110"),
+    (["train", "--variant", "a-resnets"], "unknown resnet variant 'a-resnets'; valid choices: standard, resnest"),
+    (["train", "--arch", "densenet40-12", "--variant", "a-resnest"], "unknown densenet variant 'a-resnest'"),
+    (["summary", "resnet20.a-resnst"], "unknown resnet variant 'a-resnst'"),
+    (["evaluate", "no/such/run"], "no/such/run does not exist"),
+    (["models", "zzz"], "no model matches 'zzz'; patterns that match: resnet*, wrn*, densenet*"),
+])
+def test_typos_are_refused_before_tensorflow_is_imported(argv, message):
+    result = subprocess.run([sys.executable, "-c", LISTING, *argv], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.stdout.splitlines()[-1] == "imported: []", result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout.splitlines() == ["imported: []"]  # not even the recipe line
+
+
+def test_version_variant_spellings_and_listing_misses(nestzoo_cli):
+    import nestzoo
+
+    code, out = nestzoo_cli("--version")
+    assert code == 0 and out.strip() == f"nestzoo {nestzoo.__version__}"
+    code, out = nestzoo_cli("train", "--help")
+    assert "AResNEst, aresnest, a_resnest are a-resnest" in " ".join(out.split())
+    code, out = nestzoo_cli("models", "wrn16-9")
+    assert code == 2 and "no model matches 'wrn16-9'; patterns that match: wrn16-8, " in out
+
+
+def test_evaluate_names_a_data_set_that_does_not_fit_the_model(nestzoo_cli, tmp_path):
+    import nestzoo
+
+    nestzoo.create_model("resnet20.standard", input_shape=(32, 32, 3), classes=10).save(tmp_path / "model.keras")
+    code, out = nestzoo_cli("evaluate", tmp_path / "model.keras", "--dataset", "digits")
+    assert code == 2 and "takes inputs of shape (32, 32, 3), and digits's are (8, 8, 1): use the data set the " \
+        "model was built for" in out and "Traceback" not in out
 
 
 def test_train_help_states_each_default_once(nestzoo_cli):
@@ -135,19 +174,6 @@ def test_train_help_states_each_default_once(nestzoo_cli):
     assert code == 0 and "(default: None)" not in text and "(default: False)" not in text
     assert "(default: the test set, as the paper)" in text and "as the paper) (default" not in text
     assert "(default: paper)" in text and "(default: resnet20)" in text and "(default: 0)" in text
-
-
-@pytest.mark.parametrize("recipe, epochs, expected", [
-    ("quick", 5, (2, 3, 4)),
-    ("paper", 30, (9, 18, 24)),
-    ("paper", 400, (120, 240, 320)),
-    ("quick", 2, (1,)),  # 15, 22 and 27 of 30 all land on epoch 1 of 2
-    ("quick", 30, (15, 22, 27)),
-])
-def test_milestones_scale_with_overridden_epochs(recipe, epochs, expected):
-    assert get_recipe(recipe, epochs=epochs).milestones == expected
-    assert scale_milestones(RECIPES[recipe].milestones, RECIPES[recipe].epochs, epochs) == expected
-    assert get_recipe(recipe, epochs=epochs, milestones=[1, 2]).milestones == (1, 2)  # given ones are kept
 
 
 def test_train_prints_and_records_the_milestones_with_tensorflow_quiet(tmp_path):
@@ -180,31 +206,38 @@ def test_summary_into_a_file_is_not_cut_at_80_columns(nestzoo_cli, monkeypatch):
     assert any("Total params:" in line for line in lines)
 
 
-def history(epochs=3):
-    return [{"epoch": e, "loss": 1 / e, "accuracy": 0.5, "val_loss": 1.2 / e, "val_accuracy": 0.4,
-             "learning_rate": 0.1 * 0.2 ** (e > 2)} for e in range(1, epochs + 1)]
+def test_cli_analyze_writes_the_report_beside_the_model(tmp_path, capsys):
+    import nestzoo
+
+    model = nestzoo.ResNEst(blocks=(1,), width=(4,), features=(2,), input_shape=(8, 8, 1), classes=10)
+    model.save(tmp_path / "model.keras")
+    cli.main(["analyze", str(tmp_path), "--dataset", "digits", "--max-iter", "50"])
+    out = capsys.readouterr().out
+    assert "stage 0: M = 4 >= sum K = 1 = 1" in out and "epsilon = R - A" in out and "block i" in out
+    report = json.loads((tmp_path / "model_theory.json").read_text())
+    assert report["erlb"]["epsilon"] >= 0 and report["erlb"]["taps"] == ["v0: pooled + border", "v1: pooled + border"]
+    assert len(report["block_risks"]["blocks"]) == 2 and len(report["block_risks"]["augmented"]) == 2
+    assert (tmp_path / "model_theory.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("validation, label", [("test", "test"), ("held out: last 143 training examples", "validation")])
-def test_curves_have_a_title_the_learning_rate_and_name_the_test_set(validation, label):
-    config = {"model": "resnet20.a-resnest", "data": "digits", "seed": 3, "validation": validation}
-    fig = report.curves_figure(history(), config)
-    assert fig._suptitle.get_text() == "resnet20.a-resnest on digits, seed 3"
-    loss, accuracy, rate = fig.axes
-    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["train", label]
-    assert rate.get_ylabel() == "learning rate" and list(rate.lines[0].get_ydata()) == pytest.approx([0.1, 0.1, 0.02])
+def test_cli_analyze_refuses_non_finite_weights(tmp_path, nestzoo_cli):
+    import numpy as np
+
+    import nestzoo
+
+    model = nestzoo.ResNEst(blocks=(1,), width=(4,), features=(2,), input_shape=(8, 8, 1), classes=10)
+    weights = model.get_weights()
+    weights[0][...] = np.inf
+    model.set_weights(weights)
+    model.save(tmp_path / "model.keras")
+    code, out = nestzoo_cli("analyze", tmp_path, "--dataset", "digits")
+    assert code == 2 and "model.keras holds non-finite weights (NaN or infinity in " in out
+    assert not (tmp_path / "model_theory.json").exists()
 
 
-def test_results_of_a_single_seed_show_no_std(tmp_path):
-    def summary(variant, seed, accuracy):
-        return {"config": {"data": "digits", "arch": "resnet20", "variant": variant}, "seed": seed,
-                "test_accuracy": accuracy, "parameters": 272_282}
-
-    markdown = report.write_results([summary("standard", 0, 0.925)], tmp_path)
-    assert markdown.splitlines()[0] == "Test accuracy (%) on digits, one seed (parameters)"
-    assert "| resnet20 | 92.50 (0.27M) |" in markdown and "±" not in markdown
-    assert list(csv.DictReader(open(tmp_path / "results.csv")))[0]["accuracy_std"] == ""
-    mixed = report.results_markdown(report.results_rows(
-        [summary("standard", 0, 0.92), summary("standard", 1, 0.93), summary("resnest", 0, 0.9)]))
-    assert "over 1/2 seeds (parameters); one seed: no std" in mixed
-    assert "| resnet20 | 92.50 ± 0.71 (0.27M) | 90.00 (0.27M) |" in mixed
+@pytest.mark.parametrize("option", ["--max-iter", "--batch-size"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_cli_analyze_refuses_non_positive_counts(tmp_path, nestzoo_cli, option, value):
+    code, out = nestzoo_cli("analyze", tmp_path, option, value)
+    assert code == 2 and f"argument {option}: {value!r}" in out and "positive integer" in out
+    assert not list(tmp_path.iterdir())  # refused before any model is read or report written

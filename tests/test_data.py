@@ -62,8 +62,8 @@ def test_unknown_name_lists_the_choices():
     ({"validation": 1437}, "must leave both parts non-empty"),
     ({"source": "/tmp"}, "digits has no on-disk layout"),
     ({"source": [1, 2, 3]}, r"source must be None, a path, or arrays"),
-    ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
-    ({"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ({"batch_size": 2.5}, "batch_size must be a positive integer, got 2.5"),
 ])
 def test_bad_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -315,3 +315,67 @@ def test_offline_first_contact_fails_fast_and_leaves_nothing_behind(tmp_path):
         assert "cannot reach 127.0.0.1" in error and "source=<path>" in error and "cifar-10-batches-py" in error
     assert float(result.stdout.split("seconds:")[1]) < 15
     assert not (home / "tensorflow_datasets").exists() and not (tmp_path / "data").exists()
+
+
+# ---- nestzoo.data.splits: the one adapter from every form of data to a run's splits ----
+
+def test_splits_of_a_name_carry_the_datasets_facts():
+    s = data.splits("digits", 100, validation=0.1, augment=False)
+    assert (s.name, s.num_classes, s.input_shape) == ("digits", 10, (8, 8, 1))
+    assert s.num_train == data.DIGITS_NUM_TRAIN - 144 and s.steps_per_epoch == -(-s.num_train // 100)
+    assert s.validation_split == "held out: last 144 training examples"
+    assert sum(int(x.shape[0]) for x, _ in s.validation) == 144 and sum(int(x.shape[0]) for x, _ in s.test) == 360
+    assert_same_batches(batches(s.epochs(2, 3)), batches(data.load("digits", 100, validation=0.1,
+                                                                  augment=False).epochs(2, 3)))
+
+
+def test_splits_of_arrays_hold_out_the_last_examples_and_order_epochs_by_seed():
+    x = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
+    y = np.arange(50) % 4
+    s = data.splits((x, y), 8, seed=3, validation=0.2)
+    assert (s.name, s.num_classes, s.input_shape, s.num_train, s.steps_per_epoch) == ("arrays", None, (3,), 40, 5)
+    held = np.concatenate([b[0].numpy() for b in s.validation])
+    np.testing.assert_array_equal(held, x[40:])
+    first, second = batches(s.epochs(0, 1)), batches(s.epochs(1, 2))
+    seen = np.concatenate([b[0] for b in first])
+    assert sorted(seen[:, 0].tolist()) == sorted(x[:40, 0].tolist())  # every training example once
+    assert not np.array_equal(seen, np.concatenate([b[0] for b in second]))  # reshuffled per epoch
+    assert_same_batches(first, batches(data.splits((x, y), 8, seed=3, validation=0.2).epochs(0, 1)))
+    assert sorted(np.concatenate([b[0] for b in batches(s.train)])[:, 0].tolist()) == sorted(x[:40, 0].tolist())
+    bare = data.splits((x, y), 8)
+    assert bare.validation is None and bare.test is None and bare.validation_split == "none"
+
+
+def test_splits_of_datasets_and_array_parts():
+    x = np.random.default_rng(0).random((20, 4, 4, 1), dtype=np.float32)
+    y = np.arange(20) % 2
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(6)
+    test = tf.data.Dataset.from_tensor_slices((x[:5], y[:5])).batch(6)
+    two = data.splits((train, test))
+    assert (two.name, two.input_shape, two.num_train, two.steps_per_epoch) == ("tf.data", (4, 4, 1), 20, 4)
+    assert two.validation is test and two.test is test and two.validation_split == "test" and two.epochs is None
+    three = data.splits(((x, y), (x[:5], y[:5]), test), 10)
+    assert (three.name, three.steps_per_epoch, three.validation_split) == ("tf.data", 2, "given")
+    assert three.epochs is not None and three.test is test
+    pairs = data.splits(((x, y), (x[:5], y[:5])), 10)
+    assert pairs.name == "arrays" and sum(int(b[0].shape[0]) for b in pairs.test) == 5
+    repeated = data.splits((train.repeat(), test))
+    assert repeated.steps_per_epoch is None and repeated.num_train is None
+    assert data.splits(data.load("digits", 64)).steps_per_epoch == -(-data.DIGITS_NUM_TRAIN // 64)
+
+
+@pytest.mark.parametrize("given, kwargs, message", [
+    (42, {}, r"data must be a data set name.*got int"),
+    ("imagenet", {}, r"unknown data set 'imagenet'"),
+    ((np.zeros((3, 2)), np.zeros(4)), {}, "x and y have different numbers of examples: 3 and 4"),
+    ((np.zeros((0, 2)), np.zeros(0)), {}, "hold no examples"),
+    ((np.zeros((4, 2)), np.zeros(4)), {"validation": 4}, "must leave both parts non-empty"),
+    ((np.zeros((4, 2)), np.zeros(4)), {"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ((np.zeros((4, 2)), np.zeros(4)), {"source": "/tmp"}, "source apply to a data set name only"),
+    ("tfdata", {"validation": 0.1}, r"with other data give \(train, validation, test\)"),
+])
+def test_splits_refuse_bad_data_by_name(given, kwargs, message):
+    if given == "tfdata":
+        given = (tf.data.Dataset.from_tensor_slices((np.zeros((4, 2)), np.zeros(4))).batch(2),) * 2
+    with pytest.raises(ValueError, match=message):
+        data.splits(given, **kwargs)

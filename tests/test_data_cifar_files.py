@@ -169,3 +169,33 @@ def test_truncated_archive(tmp_path):
     path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(ValueError, match=re.escape(f"{path}: unreadable .tar.gz archive")):
         data.read_cifar(path, data.get_spec("cifar10"))
+
+
+# ---- parsing CIFAR's pickles: labels (moved from test_training_faults.py) ----
+
+from nestzoo.data import cifar_files  # noqa: E402
+
+
+def pickled(labels, n=3):
+    return pickle.dumps({b"data": np.zeros((n, 3072), np.uint8), b"labels": labels}, protocol=2)
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([3.7, 1.0, 2.0], r"labels must be integer class indices, got float64 labels \(e.g. \[3.7\]\)"),
+    ([True, False, True], "labels must be integer class indices, got bool labels"),
+    (["cat", "dog", "cat"], "labels must be integer class indices, got <U3 labels"),
+    (np.zeros((3, 2), int), r"labels of shape \(3, 2\) for 3 images; expected shape \(3,\) or \(3, 1\)"),
+])
+def test_non_integer_labels_are_refused_naming_the_file(labels, message):
+    with pytest.raises(ValueError, match=f"^batches/data_batch_1: {message}"):
+        cifar_files.parse_pickle(pickled(labels), "batches/data_batch_1", label_key=b"labels")
+
+
+def test_column_labels_are_accepted_and_an_empty_data_set_is_refused():
+    images, labels = cifar_files.parse_pickle(pickled(np.array([[1], [2], [3]])), "f", label_key=b"labels")
+    assert images.shape == (3, 32, 32, 3) and labels.tolist() == [1, 2, 3]
+    empty = (np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64))
+    test = (np.zeros((4, 32, 32, 3), np.uint8), np.arange(4))
+    with pytest.raises(ValueError, match=r"cifar10: the training split of the source holds no examples "
+                                         r"\(source=arrays\); give a non-empty data set"):
+        data.load("cifar10", source=(empty, test))

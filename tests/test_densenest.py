@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import nestzoo
-from nestzoo import registry
+from nestzoo import basis, registry
 
 TINY = dict(blocks=2, features=4, input_shape=(8, 8, 3))
 TINY_BC = dict(layers=16, features=4, pointwise=True, compression=0.5, input_shape=(8, 8, 3))  # 6n+4, n = 2
@@ -20,7 +20,8 @@ def trainable(model):
     [("densenet40-12", 1_019_722, 16 + 3 * 12 * 12), ("densenet-bc100-12", 769_162, 342)],
 )
 def test_parameter_counts_equal_reference(arch, standard, final_channels):
-    # REFERENCE.md: exact counts; the DenseNEst drops only the final BN (gamma, beta)
+    # docs/reference.md, "Architectures and parameter counts": exact counts; the DenseNEst
+    # drops only the final BN (gamma, beta)
     assert trainable(nestzoo.DenseNet(arch, classes=10)) == standard
     assert trainable(nestzoo.DenseNEst(arch, classes=10)) == standard - 2 * final_channels
 
@@ -35,7 +36,7 @@ def test_large_parameter_counts_equal_readme(arch, standard, densenest, final_ch
     # (test_variants_differ_only_in_the_final_bn_relu)
     model = nestzoo.DenseNet(arch, classes=10)
     assert trainable(model) == standard
-    assert model.get_layer("final_bn").gamma.shape == (final_channels,)
+    assert basis.top_layers(model)["final_bn"].gamma.shape == (final_channels,)
     assert trainable(model) - 2 * final_channels == densenest
 
 
@@ -62,27 +63,27 @@ def test_dense_layers_concatenate_eq8_and_reach_the_predictor_linearly_eq9():
     model = nestzoo.DenseNEst(classifier_activation=None, **TINY_BC)
     assert model.get_layer("block1_conv1").output.shape[-1] == 16  # DenseNet-B: 1x1 to 4k
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
-    basis = nestzoo.basis_model(model)(x)
-    assert sorted(basis, key=lambda k: (k[0], int(k[1:]))) == [f"v{i}" for i in range(7)] + [f"x{i}" for i in range(7)]
-    assert basis["x0"].shape == (2, 8, 8, 8)  # stem 2k
+    taps = nestzoo.basis_model(model)(x)
+    assert sorted(taps, key=lambda k: (k[0], int(k[1:]))) == [f"v{i}" for i in range(7)] + [f"x{i}" for i in range(7)]
+    assert taps["x0"].shape == (2, 8, 8, 8)  # stem 2k
     for i in (1, 2, 4, 6):  # within a stage, x_i = concat(x_{i-1}, v_i), eq. (8)
-        assert basis[f"v{i}"].shape[-1] == 4
-        np.testing.assert_array_equal(basis[f"x{i}"], np.concatenate([basis[f"x{i - 1}"], basis[f"v{i}"]], -1))
+        assert taps[f"v{i}"].shape[-1] == 4
+        np.testing.assert_array_equal(taps[f"x{i}"], np.concatenate([taps[f"x{i - 1}"], taps[f"v{i}"]], -1))
     # after a transition the next stage starts from the compressed, pooled x: 8 + 2k = 16 -> 8 channels
-    assert basis["x3"].shape == (2, 4, 4, 8 + 4)
-    kernel, bias = model.get_layer("logits").get_weights()
-    pooled = np.mean(basis["x6"], axis=(1, 2))
+    assert taps["x3"].shape == (2, 4, 4, 8 + 4)
+    kernel, bias = basis.top_layers(model)["logits"].get_weights()
+    pooled = np.mean(taps["x6"], axis=(1, 2))
     np.testing.assert_allclose(model(x), pooled @ kernel + bias, rtol=1e-4, atol=1e-5)  # eq. (9)
 
 
 def test_custom_networks_and_options():
     model = nestzoo.DenseNet(layers=10, features=3, input_shape=(8, 8, 1), classes=2)  # 3n+4, n = 2
-    assert model.get_layer("expansion").output.shape[-1] == 16
-    assert model.get_layer("block6_x").output.shape == (None, 2, 2, 16 + 6 * 3)
+    assert basis.expansion(model).output.shape[-1] == 16
+    assert basis.block_layers(model, 6)["x"].output.shape == (None, 2, 2, 16 + 6 * 3)
     assert nestzoo.DenseNEst(include_top=False, **TINY).output_shape == (None, 2, 2, 16 + 6 * 4)
     assert nestzoo.DenseNet(include_top=False, pooling="avg", **TINY).output_shape == (None, 40)
     regression = nestzoo.DenseNEst(outputs=2, **TINY)
-    assert regression.get_layer("predictions").get_config()["activation"] == "linear"
+    assert basis.top_layers(regression)["predictions"].get_config()["activation"] == "linear"
     probabilities = nestzoo.DenseNet(**TINY)(np.ones((2, 8, 8, 3), "float32"))
     np.testing.assert_allclose(np.sum(probabilities, axis=1), 1.0, rtol=1e-5)
 
@@ -91,7 +92,7 @@ def test_custom_networks_and_options():
 def test_mixed_precision_output_is_float32(policy, build):
     policy("mixed_float16")
     model = build(**TINY)
-    assert model.get_layer("block1_features").compute_dtype == "float16"
+    assert basis.block_layers(model, 1)["features"].compute_dtype == "float16"
     assert keras.ops.convert_to_numpy(model(np.ones((1, 8, 8, 3)))).dtype == np.float32
 
 

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import nestzoo
-from nestzoo import data, export
+from nestzoo import basis, data, export
 
 DIGITS = dict(input_shape=(8, 8, 1))
 
@@ -44,7 +44,7 @@ def standardized(images, dataset="digits"):
 
 def keras_outputs(model, x):
     """The Keras model's probabilities and logits in inference mode, as float32."""
-    both = keras.Model(model.inputs, [model.output, model.get_layer("logits").output])
+    both = keras.Model(model.inputs, [model.output, basis.top_layers(model)["logits"].output])
     probabilities, logits = both(x, training=False)
     return {"probabilities": np.asarray(probabilities, "float32"), "logits": np.asarray(logits, "float32")}
 
@@ -130,7 +130,7 @@ def test_exports_serve_the_keras_outputs_in_a_process_without_nestzoo(tmp_path, 
 def test_folded_graph_folds_every_conv_batch_norm_and_equals_the_keras_call():
     model = randomize(nestzoo.ResNet(arch="resnet20", **DIGITS))
     folded = export.FoldedGraph(model)
-    assert folded.folded == sorted(f"block{i}_bn1" for i in range(1, 10))  # conv1 -> bn1 of each block
+    assert len(folded.folded) == model.identity.num_blocks  # each block's first convolution feeds a BN alone
     x = standardized(np.random.default_rng(2).integers(0, 256, size=(3, 8, 8, 1)))
     reference = export.keras_forward(model)(x)
     out = folded(x)
@@ -179,3 +179,106 @@ def test_export_refuses_bad_input(tmp_path):
     with pytest.raises(ValueError, match="image standardization \\(digits\\) does not apply"):
         export.export_saved_model(regressor(), tmp_path / "v", dataset="digits")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # nothing partial left behind
+
+
+def test_one_standardizer_for_the_pipeline_and_the_serving_graph():
+    from nestzoo.data.pipeline import standardizer
+
+    spec = data.get_spec("cifar10")
+    images = np.random.default_rng(4).integers(0, 256, size=(2, 5, 7, 3)).astype("uint8")
+    expected = (images / 255 - np.asarray(spec.mean)) / np.asarray(spec.std)
+    for shape in ((5, 7, 3), (None, None, 3)):  # a fixed size, any size
+        out = standardizer(spec.mean, spec.std, shape)(images)
+        assert out.dtype == tf.float32
+        np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_model_for_any_image_size_is_served_for_any_size(tmp_path):
+    model = randomize(nestzoo.ResNEst(arch="resnet20", input_shape=(None, None, 1)))
+    path = export.export_saved_model(model, tmp_path / "1", dataset="digits")
+    assert export.read_metadata(path)["input"]["shape"] == [None, None, None, 1]
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    assert {k: tuple(v.shape) for k, v in signature.structured_input_signature[1].items()} == {
+        "images": (None, None, None, 1)}
+    rng = np.random.default_rng(5)
+    for size in ((8, 8), (12, 20)):
+        images = rng.integers(0, 256, size=(2, *size, 1)).astype("uint8")
+        out = signature(images=tf.constant(images))
+        np.testing.assert_allclose(out["logits"], keras_outputs(model, standardized(images))["logits"],
+                                   rtol=export.RTOL, atol=export.ATOL)
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match=r"\(None, None, None, 1\)"):
+        signature(images=tf.zeros((2, 8, 8, 3), tf.uint8))
+    least = model.identity.spec.downsampling  # below it the network's last stage would see no pixel
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"of at least {least}x{least} pixels; got shape"):
+        signature(images=tf.zeros((2, least - 1, 8, 1), tf.uint8))
+    with pytest.raises(ValueError, match=r"the model takes \(None, None, 1\) inputs, cifar10 images are \(32, 32, 3\)"):
+        export.export_saved_model(model, tmp_path / "2", dataset="cifar10")
+    # nestzoo predict takes any size, one size per batch
+    from PIL import Image
+
+    from nestzoo.predict import Predictor, read_inputs
+
+    predictor = Predictor(path)
+    for size in ((8, 8), (12, 20)):
+        Image.fromarray(rng.integers(0, 256, size=size).astype("uint8"), mode="L").save(tmp_path / f"{size[0]}.png")
+    names, batch = read_inputs([tmp_path / "12.png"], predictor)
+    assert batch.shape == (1, 12, 20, 1)
+    np.testing.assert_allclose(predictor(batch)["logits"], keras_outputs(model, standardized(batch))["logits"],
+                               rtol=export.RTOL, atol=export.ATOL)
+    with pytest.raises(ValueError, match=r"the inputs have 2 sizes \(\(8, 8, 1\), \(12, 20, 1\)\); the model takes "
+                                         "any size, but one batch holds one"):
+        read_inputs([tmp_path / "8.png", tmp_path / "12.png"], predictor)
+
+
+def test_keras_applications_options_reach_the_export(tmp_path):
+    small = dict(blocks=1, width=(4, 8, 8), input_shape=(8, 8, 1))
+    with pytest.raises(ValueError, match=r"is built without its top \(include_top=False\)"):
+        export.serving_module(nestzoo.ResNet(include_top=False, pooling="avg", **small), dataset="digits")
+    softmax = randomize(nestzoo.ResNet(**small))
+    linear = nestzoo.ResNet(classifier_activation=None, **small)  # outputs the logits
+    linear.set_weights(softmax.get_weights())
+    images = np.random.default_rng(6).integers(0, 256, size=(3, 8, 8, 1)).astype("uint8")
+    expected = export.serving_module(softmax, dataset="digits").serve(images)
+    for fold in (True, False):
+        out = export.serving_module(linear, dataset="digits", fold_batch_norm=fold).serve(images)
+        for key in ("probabilities", "logits"):
+            np.testing.assert_allclose(out[key], expected[key], rtol=export.RTOL, atol=export.ATOL)
+    keras.config.set_image_data_format("channels_first")
+    try:
+        first = nestzoo.ResNet(**dict(small, input_shape=(1, 8, 8)))
+    finally:
+        keras.config.set_image_data_format("channels_last")
+    with pytest.raises(ValueError, match=r"is built channels_first; .* copy the weights into it"):
+        export.serving_module(first, dataset="digits")
+    first.set_weights(softmax.get_weights())  # as the message says: the weights fit the channels_last twin
+    np.testing.assert_allclose(first(standardized(images).transpose(0, 3, 1, 2), training=False),
+                               expected["probabilities"], rtol=export.RTOL, atol=export.ATOL)
+
+
+def test_export_checks_each_model_once_and_never_imports_training(tmp_path, monkeypatch):
+    from nestzoo import saving
+
+    calls = []
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(basis, "identity", counted("identity", basis.identity))
+    monkeypatch.setattr(saving, "check_finite", counted("check_finite", saving.check_finite))
+    monkeypatch.setattr(export, "check_finite", counted("check_finite", export.check_finite))
+    model = nestzoo.ResNet(blocks=1, width=(4, 8, 8), input_shape=(8, 8, 1))
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"data": "digits"}))
+    for source, options in ((model, {"dataset": "digits"}), (run, {}), (run / "model.keras", {})):
+        calls.clear()
+        export.export(source, tmp_path / "saved_models", **options)
+        assert sorted(calls) == ["check_finite", "identity"], (source, calls)
+    code = ("import sys, nestzoo.export, nestzoo.predict; "
+            "print(sorted(m for m in sys.modules if m.startswith('nestzoo.training')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]

@@ -1,16 +1,21 @@
-"""The ResNet-family builders: architecture, porting details, heads, taps, bad input."""
+"""The ResNet-family builders: architecture, porting details, heads, taps, identity, bad input."""
+import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 
 import nestzoo
+from nestzoo import basis, registry, specs
 from nestzoo import layers as nz_layers
-from nestzoo import registry, theory
 
 TINY = dict(blocks=1, width=(4, 8, 8), input_shape=(8, 8, 3))
 
-# REFERENCE.md: trainable parameters of the reference implementation, CIFAR-10.
+# docs/reference.md, "Architectures and parameter counts": trainable parameters of the
+# reference implementation, CIFAR-10.
 REFERENCE_COUNTS = {
     "wrn16-8": (11_091_594, 11_090_570, 11_091_594, 8_744_164),
     "wrn40-4": (8_977_226, 8_976_714, 8_977_226, 8_411_420),
@@ -67,64 +72,26 @@ def test_heads_differ_only_in_how_xL_reaches_the_predictor():
 def test_block_structure_follows_reference():
     model = nestzoo.ResNEst(**TINY)
     # stem: 3x3 conv, no bias, to the first stage's width
-    assert model.get_layer("expansion").kernel.shape == (3, 3, 3, 4)
+    assert basis.expansion(model).kernel.shape == (3, 3, 3, 4)
     assert all(not l.use_bias for l in model.layers if isinstance(l, keras.layers.Conv2D))
     # stage 1 keeps the width: identity shortcut; stages 2, 3 start with stride 2 and project
     names = {l.name for l in model.layers}
     assert "block1_shortcut" not in names
-    assert model.get_layer("block2_shortcut").strides == (2, 2)
-    assert model.get_layer("block3_x").output.shape == (None, 2, 2, 8)
+    assert basis.block_layers(model, 2)["shortcut"].strides == (2, 2)
+    assert basis.block_layers(model, 3)["x"].output.shape == (None, 2, 2, 8)
     # the projection reads the pre-activated input
-    assert model.get_layer("block2_shortcut").input is model.get_layer("block2_preact_relu").output
+    assert basis.block_layers(model, 2)["shortcut"].input is model.get_layer("block2_preact_relu").output
 
 
 def test_bottleneck_block_and_custom_features():
     model = nestzoo.ResNEst(blocks=2, width=(16, 32), features=(4, 8), block="pointwise", input_shape=(8, 8, 3))
-    w = model.get_layer("block1_W")  # W_i: the last 1x1 conv, K_i -> M
+    w = basis.block_layers(model, 1)["W"]  # W_i: the last 1x1 conv, K_i -> M
     assert w.kernel.shape == (1, 1, 4, 16)
     assert model.get_layer("block3_conv2").strides == (2, 2)  # stride on the 3x3
-    assert model.get_layer("block3_features").output.shape[-1] == 8
+    assert basis.block_layers(model, 3)["features"].output.shape[-1] == 8
     spec = nestzoo.ResNetSpec.from_layers(29, width=(16, 32, 64), block="pointwise")
     assert spec.blocks == (3, 3, 3) and spec.features == (4, 8, 16)
     assert nestzoo.ResNetSpec.from_layers(20, (16, 32, 64)) == nestzoo.ARCHS["resnet20"]
-
-
-def test_bottleneck_condition():
-    condition = nestzoo.bottleneck_condition(nestzoo.ARCHS["resnet20"])  # 3 input channels by default
-    assert not condition and condition.required_width == (3 + 2 * 16, 16 + 2 * 32, 32 + 2 * 64)
-    assert [s.holds for s in condition.stages] == [False] * 3
-    wide = nestzoo.ResNetSpec(blocks=(3,), width=(64,), features=(8,), block="pointwise")
-    (stage,) = nestzoo.bottleneck_condition(wide, input_shape=(8, 8, 3)).stages
-    assert (stage.width, stage.features, stage.total, stage.margin, stage.holds) == (64, (3, 8, 8), 19, 45, True)
-    # a model's actual widths: stage 1's v_0 is the pre-activated stage input (K_0 = 64) read by
-    # the projection shortcut; the last block of the network is not in the inverse problem
-    model = nestzoo.ResNEst(blocks=(3, 2), width=(64, 96), features=(8, 16), block="pointwise", input_shape=(8, 8, 2))
-    condition = nestzoo.bottleneck_condition(model)
-    assert [(s.width, s.features, s.blocks) for s in condition.stages] == [(64, (2, 8, 8), (1, 2)), (96, (64, 16), (4,))]
-    assert condition and condition.margin == 96 - 80
-    with pytest.raises(ValueError, match="Proposition 3"):
-        nestzoo.bottleneck_condition(nestzoo.ARCHS["densenet40-12"])
-    with pytest.raises(ValueError, match="not a nestzoo model"):
-        nestzoo.bottleneck_condition(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
-
-
-def test_assumption4_on_image_networks():
-    # pointwise W_i and the projection shortcut are 1x1: one per-pixel matrix per stage
-    model = nestzoo.ResNEst(blocks=(1, 2), width=(8, 24), features=(2, 4), block="pointwise", input_shape=(4, 4, 1))
-    final = nestzoo.assumption4(model).stages[-1]
-    assert final.grid == "per pixel" and (final.rows, final.columns) == (24, 8 + 4) and final.holds
-    # a 3x3 W_i: the zero-padded convolution operator on the stage's grid, checked against Keras's convolution
-    kernel = np.random.default_rng(0).normal(size=(3, 3, 2, 5))
-    v = np.random.default_rng(1).normal(size=(1, 4, 6, 2))
-    conv = keras.ops.convert_to_numpy(keras.ops.conv(v.astype("float32"), kernel.astype("float32"), padding="same"))
-    np.testing.assert_allclose(theory.conv_operator(kernel, (4, 6)) @ v.reshape(-1), conv.reshape(-1), atol=1e-5)
-    basic = nestzoo.ResNEst(blocks=2, width=(12,), features=(4,), input_shape=(4, 4, 3))  # M = 12 >= 3 + 4
-    result = nestzoo.assumption4(basic)
-    assert result and result.stages[0].grid == (4, 4) and result.columns == 16 * 7
-    small = nestzoo.assumption4(basic, max_columns=100)  # the budget shrinks the grid, not below 3x3
-    assert small.stages[0].grid == (3, 3) and small.columns == 9 * 7
-    narrow = nestzoo.assumption4(nestzoo.ResNEst(blocks=2, width=(6,), features=(4,), input_shape=(4, 4, 3)))
-    assert not narrow and narrow.rank <= 16 * 6 < narrow.columns
 
 
 def test_stride2_padding_is_symmetric_like_pytorch():
@@ -157,13 +124,13 @@ def test_batch_norm_uses_pytorch_epsilon_and_momentum():
 
 def test_initialization_is_pytorch_default():
     model = nestzoo.ResNet(blocks=1, width=64, input_shape=(8, 8, 3), classes=100)
-    kernel = np.asarray(model.get_layer("block1_W").kernel)  # fan_in 3*3*64
+    kernel = np.asarray(basis.block_layers(model, 1)["W"].kernel)  # fan_in 3*3*64
     bound = 1 / np.sqrt(3 * 3 * 64)
     assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
     np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.05)  # uniform, not Glorot
-    bias = np.asarray(model.get_layer("logits").bias)
+    bias = np.asarray(basis.top_layers(model)["logits"].bias)
     assert np.abs(bias).max() <= 1 / 8 and np.abs(bias).max() > 0.05  # U(+-1/sqrt(64)), not zeros
-    gamma, beta = model.get_layer("final_bn").get_weights()[:2]
+    gamma, beta = basis.top_layers(model)["final_bn"].get_weights()[:2]
     assert np.all(gamma == 1) and np.all(beta == 0)
 
 
@@ -172,15 +139,16 @@ def test_basis_taps_reproduce_eq2_and_eq4():
     resnest = nestzoo.ResNEst(classifier_activation=None, **TINY)
     taps = nestzoo.basis_layers(resnest)
     assert taps["v0"] == "input" and taps["x0"] == "expansion" and taps["v3"] == "block3_features"
-    basis = nestzoo.basis_model(resnest, pooled=True)(x)
-    assert sorted(basis) == ["v0", "v1", "v2", "v3", "x0", "x1", "x2", "x3"]
-    kernel, bias = resnest.get_layer("logits").get_weights()
-    np.testing.assert_allclose(resnest(x), basis["x3"] @ kernel + bias, rtol=1e-4, atol=1e-5)  # eq. (2)
+    pooled = nestzoo.basis_model(resnest, pooled=True)(x)
+    assert sorted(pooled) == ["v0", "v1", "v2", "v3", "x0", "x1", "x2", "x3"]
+    kernel, bias = basis.top_layers(resnest)["logits"].get_weights()
+    np.testing.assert_allclose(resnest(x), pooled["x3"] @ kernel + bias, rtol=1e-4, atol=1e-5)  # eq. (2)
 
     augmented = nestzoo.AResNEst(classifier_activation=None, **TINY)
-    basis = nestzoo.basis_model(augmented, pooled=True)(x)
-    assert "x3" not in basis  # W_L is deleted
-    y = sum(basis[f"v{i}"] @ augmented.get_layer(f"head{i}").kernel + augmented.get_layer(f"head{i}").bias for i in range(4))
+    pooled = nestzoo.basis_model(augmented, pooled=True)(x)
+    assert "x3" not in pooled  # W_L is deleted
+    heads = basis.top_layers(augmented)["heads"]  # H_0..H_L
+    y = sum(pooled[f"v{i}"] @ heads[i].kernel + heads[i].bias for i in range(4))
     np.testing.assert_allclose(augmented(x), y, rtol=1e-4, atol=1e-5)  # eq. (4)
     unpooled = nestzoo.basis_model(augmented)(x)
     assert unpooled["v1"].shape == (2, 8, 8, 4) and unpooled["v3"].shape == (2, 2, 2, 8)
@@ -200,7 +168,7 @@ def test_include_top_and_pooling():
 def test_mixed_precision_output_is_float32(policy, dtype_policy, build):
     policy(dtype_policy)
     model = build(**TINY)
-    assert model.get_layer("block1_W").compute_dtype == dtype_policy.split("_")[1]
+    assert basis.block_layers(model, 1)["W"].compute_dtype == dtype_policy.split("_")[1]
     assert model.output.dtype == "float32"
     assert keras.ops.convert_to_numpy(model(np.ones((1, 8, 8, 3)))).dtype == np.float32
 
@@ -209,6 +177,56 @@ def test_mixed_precision_output_is_float32(policy, dtype_policy, build):
 def test_save_and_reload_keras_file(assert_reloads, build):
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
     assert_reloads(build(**TINY), x, np.array([0, 1]), "sparse_categorical_crossentropy")
+
+
+def test_identity_survives_save_load_clone_and_config(tmp_path):
+    """The spec, variant, arch and builder options travel with the model (keras-hub's Backbone.get_config)."""
+    model = nestzoo.create_model("resnet20.bn-resnest", input_shape=(None, None, 1), classes=3,
+                                 classifier_activation=None, name="mine")
+    expected = basis.Identity(nestzoo.ARCHS["resnet20"], "bn-resnest", "resnet20")
+    assert nestzoo.identity(model) == model.identity == expected and expected.name == "resnet20.bn-resnest"
+    assert model.options == dict(input_shape=(None, None, 1), classes=3, outputs=None, include_top=True, pooling=None,
+                                 classifier_activation=None, dtype_policy="float32", data_format="channels_last")
+    path = tmp_path / "model.keras"
+    model.save(path)
+    copies = {"keras.saving.load_model": keras.saving.load_model(path), "nestzoo.load_model": nestzoo.load_model(path),
+              "clone_model": keras.models.clone_model(model),
+              "from_config": type(model).from_config(json.loads(json.dumps(model.get_config())))}
+    x = np.random.default_rng(0).normal(size=(2, 8, 12, 1)).astype("float32")
+    for how, copy in copies.items():
+        assert type(copy) is type(model) and copy.name == "mine", how
+        assert copy.identity == expected and copy.options == model.options, how
+    np.testing.assert_array_equal(copies["nestzoo.load_model"](x), model(x))
+    # a fresh process: nestzoo.load_model registers what the file names
+    script = f"import nestzoo; print(nestzoo.load_model({str(path)!r}).identity.name)"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert result.stdout.split()[-1:] == ["resnet20.bn-resnest"], result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("spec", [nestzoo.ARCHS["wrn40-4"], nestzoo.ARCHS["densenet-bc100-12"],
+                                  specs.VectorResNetSpec(width=4, blocks=2, features=3, hidden=(5,)),
+                                  specs.VectorDenseNetSpec(blocks=2, features=3)], ids=lambda s: type(s).__name__)
+def test_specs_round_trip_through_json(spec):
+    assert specs.spec_from_config(json.loads(json.dumps(specs.spec_config(spec)))) == spec
+    with pytest.raises(ValueError, match="not a nestzoo spec: 'Spec'; valid classes: ResNetSpec"):
+        specs.spec_from_config({"class": "Spec", "config": {}})
+
+
+def test_a_model_without_identity_is_named():
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)], name="plain")
+    assert not basis.is_nestzoo_model(plain)
+    with pytest.raises(basis.NotNestzooModel, match="'plain' is not a nestzoo model"):
+        nestzoo.identity(plain)
+    with pytest.raises(basis.NotNestzooModel, match="'plain' is not a nestzoo model"):
+        nestzoo.basis_model(plain)
+
+
+def test_input_is_checked_when_the_size_is_known_at_the_call():
+    model = nestzoo.ResNet(input_shape=(None, None, 3), **{k: v for k, v in TINY.items() if k != "input_shape"})
+    assert model(np.zeros((1, 4, 5, 3), "float32")).shape == (1, 10)  # any size >= the downsampling, 4
+    with pytest.raises(ValueError, match="input 3x5 is too small: this network downsamples by 4"):
+        model(np.zeros((1, 3, 5, 3), "float32"))
 
 
 def test_weights_file_round_trip(tmp_path):
@@ -233,7 +251,8 @@ BAD_INPUTS = [
     (dict(arch="resnet20", blocks=1), "either arch"),
     (dict(arch="resnet20", pooling="mean"), "pooling must be one of"),
     (dict(arch="resnet20", weights="missing.h5"), "is not a file"),
-    (dict(arch="resnet20", input_shape=None), r"input_shape must be a tuple \(height, width, channels\)"),
+    (dict(arch="resnet20", input_shape=(32, 32, None)), r"\(height, width, channels\): channels must be a positive"),
+    (dict(arch="resnet20", input_shape=(0, None, 3)), r"height and width \(or None\) must be a positive integer"),
     (dict(arch="resnet20", input_shape=32), r"input_shape must be a tuple \(height, width, channels\)"),
     (dict(arch="resnet20", hidden=(4,)), "hidden .* is for vector-valued networks"),
 ]
@@ -245,9 +264,9 @@ def test_one_keyword_one_meaning_across_families():
     one_stage = nestzoo.ResNEst(blocks=2, width=16, features=4, input_shape=(8, 8, 3))
     assert {l.name for l in one_stage.layers} >= {"block1_x", "block2_x"} and "block3_x" not in {
         l.name for l in one_stage.layers}
-    assert one_stage.get_layer("block2_features").output.shape[-1] == 4
+    assert basis.block_layers(one_stage, 2)["features"].output.shape[-1] == 4
     vector = nestzoo.ResNEst(arch="mlp", blocks=2, width=16, features=4, input_shape=(5,))
-    assert vector.get_layer("block2_features").output.shape[-1] == 4
+    assert basis.block_layers(vector, 2)["features"].output.shape[-1] == 4
     assert nestzoo.ResNetSpec(blocks=3, width=(16, 32, 64)) == nestzoo.ARCHS["resnet20"]
     assert nestzoo.DenseNetSpec(blocks=12, features=12) == nestzoo.ARCHS["densenet40-12"]
 
@@ -266,6 +285,17 @@ def test_builders_show_their_parameters():
         parameters = set(inspect.signature(build).parameters)
         assert parameters >= {"blocks", "features", "layers", "pointwise", "compression", "stem"}
         assert all(f"    {p}:" in build.__doc__ for p in parameters), build.__name__
+
+
+def test_registry_is_pure_data():
+    """The registry imports no model code and no Keras (the factory, create_model, sits above it)."""
+    script = ("import sys, nestzoo.registry as r; r.list_models(); r.parse_name('wrn40-4.a-resnest'); "
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow') "
+              "or m in ('nestzoo.builders', 'nestzoo.model', 'nestzoo.basis')))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    assert registry.FAMILY_VARIANTS == {"resnet": ("standard", "resnest", "bn-resnest", "a-resnest"),
+                                        "densenet": ("standard", "densenest")}  # from HEADS' families
 
 
 def test_list_models_takes_wildcards():

@@ -13,6 +13,7 @@ Notebooks are committed executed, with their outputs. To refresh them after a ch
 import contextlib
 import os
 import pathlib
+import re
 import resource
 import sys
 import tempfile
@@ -101,8 +102,11 @@ def repo_files():
     return files
 
 
-def test_examples_has_notebooks():
-    assert "quickstart.ipynb" in [path.name for path in NOTEBOOKS], NOTEBOOKS
+def test_readme_names_every_notebook():
+    """A reader finds each notebook of examples/ from the README, and each notebook it names exists."""
+    named = set(re.findall(r"examples/([\w.-]+\.ipynb)", (ROOT / "README.md").read_text()))
+    assert NOTEBOOKS and named == {path.name for path in NOTEBOOKS}, (
+        f"examples/ has {sorted(path.name for path in NOTEBOOKS)}; README.md names {sorted(named)}")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.name for path in NOTEBOOKS])

@@ -1,6 +1,7 @@
 """`nestzoo export` and `nestzoo predict`: versions, metadata, atomicity under kill, bad inputs."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def test_export_picks_versions_never_overwrites_and_writes_metadata(nestzoo_cli,
     metadata = export.read_metadata(served)
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
     assert metadata["model"] == "resnet20.a-resnest" and metadata["variant"] == "a-resnest"
+    assert metadata["arch"] == "resnet20"  # the model's identity
     assert metadata["parameters"] == model.count_params()
     assert metadata["test_accuracy"] == 0.9472 and metadata["nestzoo_version"] == nestzoo.__version__
     spec = data.get_spec("digits")
@@ -128,6 +130,8 @@ def test_predict_refuses_bad_inputs(nestzoo_cli, served, tmp_path):
     np.save(tmp_path / "rank2.npy", images[0, ..., 0])
     np.save(tmp_path / "floats.npy", load_digits().images[:2])  # scikit-learn's own 0..16 floats
     np.save(tmp_path / "dark.npy", load_digits().images[:2].astype("uint8"))  # uint8 but 0..16
+    np.save(tmp_path / "none.npy", np.zeros((0, 8, 8, 1), np.uint8))
+    Image.new("1", (20000, 20000)).save(tmp_path / "huge.png")  # a small file of 400 million pixels
     (tmp_path / "empty").mkdir()
     cases = {
         "notes.png": "notes.png' is not an image: expected a PNG or JPEG file",
@@ -137,6 +141,9 @@ def test_predict_refuses_bad_inputs(nestzoo_cli, served, tmp_path):
         "floats.npy": r"got float64 values in \[0, 16\]; expected uint8 images with values 0..255",
         "dark.npy": f"dark.npy\\[0\\]: the largest pixel value is {int(load_digits().images[0].max())}; the model "
                     "expects uint8 images on 0..255",
+        "none.npy": r"none.npy' holds an empty batch of shape \(0, 8, 8, 1\); give at least one input",
+        "huge.png": r"huge.png' is too large: nestzoo predict reads images of at most 89,478,485 pixels \(PIL's "
+                    r"decompression-bomb limit; Image size \(400000000 pixels\) exceeds limit.*the model takes 8x8",
         "empty": "holds no PNG or JPEG files",
         "missing.png": "does not exist",
     }
@@ -181,3 +188,88 @@ def test_export_refuses_bad_sources(nestzoo_cli, tmp_path):
 def test_help_describes_options(nestzoo_cli, command, words):
     code, out = nestzoo_cli(command, "--help")
     assert code == 0 and all(w in " ".join(out.split()) for w in words), out
+
+
+def test_predict_scales_16_bit_pngs_to_the_8_bit_range(nestzoo_cli, served, tmp_path):
+    images = digits_images(6)
+    write_pngs(tmp_path / "eight", images)
+    (tmp_path / "sixteen").mkdir()
+    noise = np.random.default_rng(0).integers(-128, 129, size=images.shape[:3])  # below half an 8-bit step
+    for i, image in enumerate(images):
+        wide = np.clip(image[..., 0].astype(np.int32) * 257 + noise[i], 0, 65535).astype(np.uint16)
+        Image.fromarray(wide).save(tmp_path / "sixteen" / f"digit{i}.png")
+        with Image.open(tmp_path / "sixteen" / f"digit{i}.png") as saved:
+            assert saved.mode == "I;16"  # a 16-bit grayscale PNG
+    predictor = Predictor(served)
+    np.testing.assert_array_equal(read_inputs([tmp_path / "sixteen"], predictor)[1],
+                                  read_inputs([tmp_path / "eight"], predictor)[1])
+    tops = {}
+    for depth in ("eight", "sixteen"):
+        code, out = nestzoo_cli("predict", served, tmp_path / depth, "--json", "--top-k", 2)
+        assert code == 0, out
+        tops[depth] = [[c["class_id"] for c in row["top"]] for row in json.loads(out)]
+    assert tops["sixteen"] == tops["eight"]
+
+
+def damaged_copy(served, tmp_path, file, keep=0.5):
+    """A copy of the export `served` as version 1 of tmp_path/model, with `file` cut to `keep` of its bytes."""
+    version = tmp_path / "model" / "1"
+    shutil.copytree(served, version)
+    content = (version / file).read_bytes()
+    (version / file).write_bytes(content[:int(len(content) * keep)])
+    return version
+
+
+@pytest.mark.parametrize("file", ["variables/variables.data-00000-of-00001", "saved_model.pb"])
+def test_predict_names_the_damaged_file_of_a_version(nestzoo_cli, served, tmp_path, file):
+    version = damaged_copy(served, tmp_path, file)
+    np.save(tmp_path / "x.npy", digits_images(1))
+    code, out = nestzoo_cli("predict", version.parent, tmp_path / "x.npy")
+    assert code == 2, out
+    assert f"version 1 of {str(version.parent)!r} is damaged: {str(version / file)!r} does not read back" in out
+
+
+def test_damaged_json_is_named(nestzoo_cli, run_dir, served, tmp_path):
+    version = damaged_copy(served, tmp_path, f"assets/{export.METADATA_FILE}")
+    np.save(tmp_path / "x.npy", digits_images(1))
+    code, out = nestzoo_cli("predict", version, tmp_path / "x.npy")
+    assert code == 2 and f"{str(version / 'assets' / export.METADATA_FILE)!r} is not valid JSON" in out, out
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "config.json").write_text('{"data": "dig')
+    code, out = nestzoo_cli("export", run, "--base-dir", tmp_path / "saved_models")
+    assert code == 2 and f"{str(run / 'config.json')!r} is not valid JSON" in out, out
+
+
+def test_predict_names_the_export_layout_for_a_missing_model(nestzoo_cli, tmp_path):
+    Image.fromarray(digits_images(1)[0, ..., 0], mode="L").save(tmp_path / "img.png")
+    code, out = nestzoo_cli("predict", tmp_path / "saved_models" / "does_not_exist", tmp_path / "img.png")
+    assert code == 2 and "does not exist: expected an export directory (saved_models/<name> or " \
+                          "saved_models/<name>/<version>) or a .keras file" in out, out
+    assert "run directory" not in out
+
+
+def test_a_full_disk_is_named_with_the_space_needed_and_leaves_nothing(nestzoo_cli, run_dir, tmp_path,
+                                                                       monkeypatch):
+    import tensorflow as tf
+
+    base = tmp_path / "saved_models"
+
+    def full_disk(module, directory, signatures):  # TensorFlow's error when a write hits ENOSPC
+        Path(directory, "saved_model.pb").write_bytes(b"\0" * 1000)
+        raise tf.errors.ResourceExhaustedError(None, None, f"{directory}/saved_model.pb; No space left on device")
+
+    monkeypatch.setattr(tf.saved_model, "save", full_disk)
+    code, out = nestzoo_cli("export", run_dir, "--base-dir", base)
+    assert code == 1, out
+    assert f"no space left for the export in {str(base / NAME)!r} (ResourceExhaustedError): it needs at least " in out
+    needed = float(out.split("needs at least ")[1].split(" MB")[0])
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    assert 0.9 * 2 * 4 * model.count_params() / 2**20 < needed < 2 * 4 * model.count_params() / 2**20  # 2 signatures
+    assert os.listdir(base / NAME) == []  # nothing partial left behind
+    # less free space than the weights: refused before anything is written
+    monkeypatch.setattr(export.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 2**20, 2**20))
+    monkeypatch.setattr(tf.saved_model, "save", lambda *args, **kwargs: pytest.fail("the export was written"))
+    code, out = nestzoo_cli("export", run_dir, "--base-dir", base)
+    assert code == 1 and "no space left for the export" in out and "and 1.0 MB are free" in out, out
+    assert os.listdir(base / NAME) == []

@@ -3,8 +3,13 @@ system, changed configs, bad labels and arguments. Each message names the file a
 import errno
 import json
 import math
-import pickle
+import os
+import re
 import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -12,9 +17,8 @@ import pytest
 import tensorflow as tf
 
 import nestzoo
-from nestzoo import cli, data, training
-from nestzoo.data import cifar_files
-from nestzoo.training import checkpoint, report, run
+from nestzoo import cli, training
+from nestzoo.training import callbacks, checkpoint, folder, report, run
 
 MODEL = "resnet20.standard"
 OPTIONS = {"classes": 10}
@@ -153,7 +157,7 @@ def test_output_directory_is_checked_before_any_work(tmp_path, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("data or model loaded before the output directory was checked")
 
-    monkeypatch.setattr(run, "_Data", no_work)
+    monkeypatch.setattr(run, "splits", no_work)
     file = tmp_path / "file"
     file.write_text("not a folder")
     with pytest.raises(ValueError, match=f"output directory '{file}' is a file; choose a folder path"):
@@ -161,14 +165,14 @@ def test_output_directory_is_checked_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=f"output directory '{file}/runs/a' lies under {file}, which is a file"):
         training.train_seeds(MODEL, "digits", output_dir=file / "runs" / "a")
 
-    real_open = run.os.open
+    real_open = folder.os.open
 
     def read_only(path, *args):  # what a read-only folder does to a user other than root
         if ".nestzoo-write-probe" in str(path):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, *args)
 
-    monkeypatch.setattr(run.os, "open", read_only)
+    monkeypatch.setattr(folder.os, "open", read_only)
     with pytest.raises(ValueError, match=f"output directory '{tmp_path}' cannot be written \\(Permission denied\\); "
                                          "make it writable or choose another folder"):
         training.train(MODEL, "digits", output_dir=tmp_path)
@@ -177,19 +181,19 @@ def test_output_directory_is_checked_before_any_work(tmp_path, monkeypatch):
 def test_kill_before_config_rename_or_during_epoch_1_leaves_a_resumable_folder(tmp_path):
     (tmp_path / "config.json.tmp").write_text('{"half": ')
     for resume in (False, True):
-        assert run._check_run_dir(tmp_path, {"model": MODEL}, resume) is None  # a fresh start, either way
-    config = {"model": MODEL, "recipe": {"epochs": 2}}
+        assert folder.check_run_dir(tmp_path, {"model": MODEL}, resume) is None  # a fresh start, either way
+    config = {"model": MODEL, "data": "digits", "recipe": {"epochs": 2}}
     (tmp_path / "config.json").write_text(json.dumps(config))  # killed during epoch 1: nothing committed
     (tmp_path / "tensorboard").mkdir()
-    assert run._check_run_dir(tmp_path, config, resume=True) == config
+    assert folder.check_run_dir(tmp_path, config, resume=True) == config
     assert checkpoint.load_state(tmp_path)["epoch"] == 0
     with pytest.raises(ValueError, match="holds another run's files; pass resume=True"):
-        run._check_run_dir(tmp_path, config, resume=False)
+        folder.check_run_dir(tmp_path, config, resume=False)
 
 
 def test_divergence_messages_and_the_explosion_rule(tmp_path):
     schedule = training.MultiStepSchedule(0.1, 10, [2], 0.2)
-    guard = run._DivergenceGuard(MODEL, False, 0.1, schedule, 10, classes=10, run_dir=tmp_path)
+    guard = callbacks.DivergenceGuard(MODEL, False, 0.1, schedule, 10, classes=10, run_dir=tmp_path)
     guard.on_epoch_begin(0)
     guard.on_train_batch_end(0, {"loss": 2.3})
     with pytest.raises(training.TrainingDiverged, match=r"the loss became nan at batch 3 at epoch 1 \(learning rate "
@@ -237,47 +241,147 @@ def test_saved_models_are_checked_when_loaded(tmp_path, capsys):
         training.load_model(diverged)
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'missing.keras'} does not exist"):
         training.evaluate(tmp_path / "missing.keras", tiny_data()[1])
-    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         training.evaluate(good, "digits", batch_size=0)
     with pytest.raises(SystemExit) as exit:
         cli.main(["evaluate", str(good), "--batch-size", "0"])
-    assert exit.value.code == 2 and "argument --batch-size: '0' is not an integer >= 1" in capsys.readouterr().err
+    assert exit.value.code == 2 and "argument --batch-size: '0': the value must be a positive integer" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit:
         cli.main(["evaluate", str(garbage)])
     assert exit.value.code == 2 and f"nestzoo evaluate: error: {garbage} is not a Keras model file" in \
         capsys.readouterr().err
 
 
-def pickled(labels, n=3):
-    return pickle.dumps({b"data": np.zeros((n, 3072), np.uint8), b"labels": labels}, protocol=2)
 
 
-@pytest.mark.parametrize("labels, message", [
-    ([3.7, 1.0, 2.0], r"labels must be integer class indices, got float64 labels \(e.g. \[3.7\]\)"),
-    ([True, False, True], "labels must be integer class indices, got bool labels"),
-    (["cat", "dog", "cat"], "labels must be integer class indices, got <U3 labels"),
-    (np.zeros((3, 2), int), r"labels of shape \(3, 2\) for 3 images; expected shape \(3,\) or \(3, 1\)"),
-])
-def test_non_integer_labels_are_refused_naming_the_file(labels, message):
-    with pytest.raises(ValueError, match=f"^batches/data_batch_1: {message}"):
-        cifar_files.parse_pickle(pickled(labels), "batches/data_batch_1", label_key=b"labels")
+def finished_copy(stopped_run, tmp_path):
+    """A copy of the stopped run, finished (its epoch 2 trained in this process)."""
+    run_dir = copy_of(stopped_run, tmp_path)
+    return run_dir, train(run_dir, resume=True)
 
 
-def test_column_labels_are_accepted_and_an_empty_data_set_is_refused():
-    images, labels = cifar_files.parse_pickle(pickled(np.array([[1], [2], [3]])), "f", label_key=b"labels")
-    assert images.shape == (3, 32, 32, 3) and labels.tolist() == [1, 2, 3]
-    empty = (np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64))
-    test = (np.zeros((4, 32, 32, 3), np.uint8), np.arange(4))
-    with pytest.raises(ValueError, match=r"cifar10: the training split of the source holds no examples "
-                                         r"\(source=arrays\); give a non-empty data set"):
-        data.load("cifar10", source=(empty, test))
+def test_a_finished_run_whose_model_is_missing_or_garbage_is_refused(stopped_run, tmp_path):
+    run_dir, summary = finished_copy(stopped_run, tmp_path)
+    model = run_dir / "model.keras"
+    for damage, message in ((model.unlink, "does not exist"),
+                            (lambda: model.write_bytes(b"garbage"), "is not a Keras model file")):
+        damage()
+        expected = (re.escape(f"{run_dir} has finished (summary.json), but {model} {message}") + ".* Its final "
+                    f"weights cannot be rebuilt: .* best.weights.h5 holds epoch {summary['best_epoch']}'s")
+        with pytest.raises(training.CheckpointError, match=expected):
+            train(run_dir, resume=True)
+        with pytest.raises(training.CheckpointError, match=expected):  # nor can it be extended
+            train(run_dir, resume=True, epochs=3)
+        assert json.loads((run_dir / "config.json").read_text())["recipe"]["epochs"] == 2  # left as it was
 
 
-def test_timings_leave_out_each_process_start_up():
-    rows = [{"epoch": 1, "seconds": 9.0, "images_per_second": 10.0, "first_in_process": 1},
-            {"epoch": 2, "seconds": 1.0, "images_per_second": 100.0, "first_in_process": 0},
-            {"epoch": 3, "seconds": 7.0, "images_per_second": 12.0, "first_in_process": 1},  # resumed here
-            {"epoch": 4, "seconds": 3.0, "images_per_second": 50.0, "first_in_process": 0}]
-    state = {"epoch": 4, "history": rows, "best": {"epoch": 4, "val_accuracy": 0.5}}
-    summary = report.summarize({"seed": 0, "parameters": 1}, state, 0.1, 0.5)
-    assert summary["seconds_per_epoch"] == 2.0 and summary["images_per_second"] == 75.0
+def fill(directory, leave):
+    """Fill the file system of `directory` until `leave` bytes are free; returns the filler file."""
+    filler = directory / "filler"
+    with open(filler, "wb") as f:
+        f.write(bytes(max(0, shutil.disk_usage(directory).free - leave)))
+    return filler
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 12 MB tmpfs (unmounted after the test), or a skip where this user cannot mount one (not root)."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(path)], capture_output=True,
+                            text=True)
+    if result.returncode:
+        pytest.skip(f"a real full disk needs a tmpfs, which this user cannot mount: {result.stderr.strip()}")
+    yield path
+    subprocess.run(["umount", "--lazy", str(path)], check=True)  # lazy: TensorBoard's writers keep files open
+
+
+@pytest.mark.parametrize("disk", ["full tmpfs", "failed write"])
+def test_a_full_disk_at_the_end_names_the_folder_and_loses_no_epoch(stopped_run, tmp_path, monkeypatch, disk,
+                                                                     request):
+    """The final files of a run do not fit: a clear error, no temporary file left, the commits kept."""
+    if disk == "full tmpfs":  # a real one: HDF5 crashed the process writing best.weights.h5 here
+        root = request.getfixturevalue("tmpfs")
+        run_dir = root / "run"
+        shutil.copytree(stopped_run[0], run_dir)
+        real = folder.write_final
+        monkeypatch.setattr(folder, "write_final", lambda run_dir, *args: (fill(root, 64 << 10),
+                                                                            real(run_dir, *args))[1])
+    else:  # the space check passes, the write fails half-way
+        run_dir = copy_of(stopped_run, tmp_path)
+
+        def save(self, path, *args, **kwargs):
+            Path(path).write_bytes(b"half a model")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        monkeypatch.setattr(keras.Model, "save", save)
+    with pytest.raises(training.CommitError) as error:
+        train(run_dir, resume=True)
+    cause = re.escape("No space left on device") if disk == "failed write" else r"\d+\.\d MB free"
+    assert re.search(rf"cannot write model.keras to {re.escape(str(run_dir))} \({cause}\); it needs about ",
+                     str(error.value)), str(error.value)
+    assert f"MB free. Epochs 1..2 are committed in {run_dir / 'checkpoint'} and kept" in str(error.value)
+    assert "--resume" in str(error.value)
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith("tmp-") or p.name.endswith(".tmp")]
+    assert checkpoint.load_state(run_dir)["epoch"] == 2 and not (run_dir / "summary.json").exists()
+    monkeypatch.undo()
+    if disk == "full tmpfs":
+        (root / "filler").unlink()
+    summary = train(run_dir, resume=True)  # space again: the run finishes from its last commit
+    assert summary["epochs"] == 2 and (run_dir / "model.keras").is_file() and (run_dir / "best.weights.h5").is_file()
+
+
+def test_config_records_the_setup_and_a_resume_on_another_warns_once_naming_each_difference(stopped_run, tmp_path):
+    run_dir = copy_of(stopped_run, tmp_path)
+    config = json.loads((run_dir / "config.json").read_text())
+    environment = config["environment"]
+    assert set(environment) == {"threads", "onednn", "cpu", "tensorflow", "keras"}
+    assert environment["tensorflow"] == tf.__version__ and environment["keras"] == keras.__version__
+    config["environment"] = {**environment, "threads": 99, "onednn": "0"}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.warns(folder.InexactResume) as caught:
+        summary = train(run_dir, resume=True)  # warned, not refused
+    assert summary["epochs"] == 2
+    messages = [str(w.message) for w in caught if issubclass(w.category, folder.InexactResume)]
+    assert len(messages) == 1
+    assert f"onednn '0' then, {environment['onednn']!r} now; threads 99 then, {environment['threads']!r} now" \
+        in messages[0]
+
+
+def test_a_config_that_does_not_parse_is_named(stopped_run, tmp_path, nestzoo_cli):
+    run_dir = copy_of(stopped_run, tmp_path)
+    (run_dir / "config.json").write_text('{"model": ')
+    message = f"{run_dir / 'config.json'} is damaged: not valid JSON"
+    with pytest.raises(training.CheckpointError, match=message):
+        train(run_dir, resume=True)
+    (run_dir / "model.keras").write_bytes(b"")
+    code, out = nestzoo_cli("evaluate", run_dir)
+    assert code == 2 and message in out
+
+
+def test_a_folder_is_claimed_by_one_live_process(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / checkpoint.LOCK
+    try:
+        lock.write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "started": 0}))
+        with pytest.raises(training.FolderInUse, match=f"^{tmp_path} is in use by process {sleeper.pid} on "
+                                                        f"{socket.gethostname()} .* If no such process runs, remove "
+                                                        f"{lock}"):
+            with training.claim(tmp_path):
+                pass
+        lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0}))
+        with training.claim(tmp_path) as record:  # a killed run's lock is taken over
+            assert json.loads(lock.read_text()) == record and record["pid"] == os.getpid()
+            with pytest.raises(training.FolderInUse, match=f"in use by process {os.getpid()}"):
+                with training.claim(tmp_path):  # even by the same process
+                    pass
+        assert not lock.exists() and not list(tmp_path.iterdir())  # released, nothing left
+        lock.write_text(json.dumps({"pid": dead.pid, "host": "elsewhere", "started": 0}))
+        with pytest.raises(training.FolderInUse, match="in use by process .* on elsewhere"):
+            with training.claim(tmp_path):  # another host's process cannot be asked
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -138,3 +138,39 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert summary["test_loss"] == pytest.approx(summary["numpy_loss"], rel=1e-3)
     assert abs(summary["test_accuracy"] - summary["numpy_accuracy"]) <= 1 / 64 + 1e-9
     assert summary["images_per_second"] > 0
+
+
+def _quick_command(output, *extra):
+    # the quickstart's network on digits, 1 epoch of 4 batches: a few seconds
+    return [sys.executable, "-m", "nestzoo.cli", "train", "--recipe", "quick", "--epochs", "1", "--batch-size", "384",
+            "--output", str(output), "--verbose", "0", *extra]
+
+
+def test_the_same_seed_gives_the_same_weights_in_two_processes(tmp_path):
+    """The README's determinism claim: on one machine, a seed fixes the trained weights bit for bit."""
+    import nestzoo
+
+    processes = [subprocess.Popen(_quick_command(tmp_path / name), env=ENV, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for name in ("a", "b")]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.communicate()[0]
+    models = [nestzoo.load_model(tmp_path / name / "resnet20.a-resnest" / "seed0" / "model.keras")
+              for name in ("a", "b")]
+    assert [int(model.optimizer.iterations) for model in models] == [4, 4]  # trained: 1437 images in batches of 384
+    for first, second in zip(*(model.get_weights() for model in models)):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_a_second_train_on_the_same_output_is_refused_while_the_first_runs(tmp_path):
+    """Two `nestzoo train` started at once on one --output: one trains, the other is refused (it claims the
+    run's folder, nestzoo.lock, before it reads or writes anything there)."""
+    processes = [subprocess.Popen(_quick_command(tmp_path, "--epochs", "6"), env=ENV, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    results = [(process.wait(timeout=300), process.communicate()[0]) for process in processes]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(out for code, out in results if code == 2)
+    run_dir = tmp_path / "resnet20.a-resnest" / "seed0"
+    assert re.search(rf"nestzoo train: error: {re.escape(str(run_dir))} is in use by process \d+ on ", refused), refused
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 6
+    assert not (run_dir / "nestzoo.lock").exists()

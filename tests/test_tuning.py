@@ -1,5 +1,6 @@
 """Width sweeps (nestzoo.tuning, `nestzoo tune`): the condition on every trained trial, the
-report, bad input, resume after SIGKILL, and keras-tuner's chief/worker mode on 127.0.0.1."""
+report, bad input, repeatability, resume after SIGKILL, and keras-tuner's chief/worker mode on
+127.0.0.1. Damaged sweeps: test_tuning_faults.py; keras-tuner's own tuners: test_tuning_keras.py."""
 import csv
 import json
 import os
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nestzoo import theory, tuning
+from nestzoo import basis, theory, tuning
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IN, L, K_MAX = 5, 3, 4
@@ -34,7 +35,7 @@ def regression():
 
 @pytest.fixture(scope="module")
 def vector_sweep(regression, tmp_path_factory):
-    space = tuning.WidthSpace(family="vector", variant="resnest", blocks=L, width=(4, 24), feature_range=(2, K_MAX),
+    space = tuning.WidthSpace(inputs="vector", variant="resnest", blocks=L, width=(4, 24), feature_range=(2, K_MAX),
                               learning_rate=(1e-3, 1e-2))
     directory = tmp_path_factory.mktemp("vector") / "sweep"
     return space, tuning.run_sweep(space, regression, directory, objective="val_loss", outputs=1, max_trials=3)
@@ -60,8 +61,8 @@ def test_vector_sweep_trains_only_widths_that_satisfy_the_condition(vector_sweep
     rows = {r["trial"]: r for r in _rows(sweep.directory)}
     for trial_id, (condition, model) in conditions.items():
         assert condition.holds and condition.margin >= 0
-        assert model.get_layer("expansion").units == int(rows[trial_id]["M"])
-        assert model.get_layer("block1_features").units == int(rows[trial_id]["K"])
+        assert basis.expansion(model).units == int(rows[trial_id]["M"])
+        assert basis.block_layers(model, 1)["features"].units == int(rows[trial_id]["K"])
         assert int(rows[trial_id]["margin"]) == condition.margin
         assert int(rows[trial_id]["parameters"]) == model.count_params()
 
@@ -71,25 +72,37 @@ def test_report_files_and_best_model(vector_sweep):
     rows = _rows(sweep.directory)
     assert [r["status"] for r in rows] == ["COMPLETED"] * 3
     assert all(r["worker"] == "tuner0" and r["condition"] == "holds" and float(r["score"]) > 0 for r in rows)
-    assert "| trial | worker | status | M | K |" in sweep.markdown and "val_loss" in sweep.markdown
+    assert "| trial | worker | status | M | K | learning_rate | epochs |" in sweep.markdown
+    assert "val_loss" in sweep.markdown and all(r["epochs"] == "1" for r in rows)
     assert (sweep.directory / "score_vs_width.png").stat().st_size > 1000
     best = min(rows, key=lambda r: float(r["score"]))
     model = keras.saving.load_model(sweep.best_model)
-    assert model.get_layer("expansion").units == int(best["M"])
+    assert basis.expansion(model).units == int(best["M"])
 
 
-def test_image_sweep_on_digits_with_bayesian_optimization(tmp_path):
+def test_image_sweep_on_digits_with_bayesian_optimization(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    figures = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *args, **kwargs: figures.append(fig) or save(fig, *args, **kwargs))
     space = tuning.WidthSpace(blocks=(2, 1, 1), width=(2, 6), features=2)
     sweep = tuning.run_sweep(space, "digits", tmp_path / "s", tuner="bayesian", max_trials=2, epochs=1)
-    # stage 1: M >= 1 channel + K (its last block does not count); stages 2, 3 of one block: 2M >= M, 4M >= 2M
+    # stage 0: M >= 1 channel + K (its last block does not count); stages 1, 2 of one block: 2M >= M, 4M >= 2M
     assert sweep.tuner.hypermodel.bounds == {"M": (3, 6)}
     conditions = _trained_conditions(sweep)
     assert len(conditions) == 2 and all(c.holds for c, _ in conditions.values())
     assert {r["status"] for r in sweep.rows} == {"COMPLETED"}
+    # the fixed learning rate and epochs are shown; the plot names what was swept, stages numbered from 0
+    assert {(r["learning_rate"], r["epochs"]) for r in sweep.rows} == {("0.1", 1)}
+    (axes,) = figures[-1].axes
+    assert axes.get_title() == "a-resnest (image) on digits: blocks 2/1/1, 1 epochs"
+    assert axes.get_xlabel() == "M (stage 0 width)"
 
 
 def test_allowed_violations_train_and_are_marked(regression, tmp_path):
-    space = tuning.WidthSpace(family="vector", blocks=L, width=(4, 6), features=K_MAX, allow_violations=True)
+    space = tuning.WidthSpace(inputs="vector", blocks=L, width=(4, 6), features=K_MAX, allow_violations=True)
     sweep = tuning.run_sweep(space, regression, tmp_path / "s", tuner="hyperband", objective="val_loss",
                              outputs=1, max_trials=2, epochs=2)
     rows = _rows(sweep.directory)
@@ -103,11 +116,13 @@ def test_allowed_violations_train_and_are_marked(regression, tmp_path):
     (dict(space=dict(width=(20, 16))), r"min > max \(20 > 16\)"),
     (dict(tuner="grid"), r"unknown tuner 'grid'; valid choices: random, bayesian, hyperband"),
     (dict(objective="accuracy"), r"unknown objective 'accuracy'; valid choices: val_accuracy, val_loss"),
-    (dict(max_trials=0), r"max_trials must be an integer >= 1"),
+    (dict(max_trials=0), r"max_trials must be a positive integer"),
     (dict(space=dict(variant="densenest")), r"unknown resnet variant 'densenest'; valid choices"),
+    (dict(space=dict(learning_rate=(0.01, float("inf")))), r"learning_rate must be a \(min, max\) pair of finite"),
+    (dict(space=dict(inputs="image")), r"image inputs need a rank of 3, the data has \(5,\)"),
 ])
 def test_bad_input_fails_before_training(regression, tmp_path, change, message):
-    options = {**dict(family="vector", blocks=L, width=(4, 24), features=K_MAX), **change.pop("space", {})}
+    options = {**dict(inputs="vector", blocks=L, width=(4, 24), features=K_MAX), **change.pop("space", {})}
     with pytest.raises(ValueError, match=message):
         tuning.run_sweep(tuning.WidthSpace(**options), regression, tmp_path / "s",
                          **{**dict(objective="val_loss", outputs=1), **change})
@@ -117,7 +132,7 @@ def test_bad_input_fails_before_training(regression, tmp_path, change, message):
 def test_a_directory_holding_another_sweep_is_refused(vector_sweep, regression):
     space, sweep = vector_sweep
     before = sorted(p.name for p in sweep.directory.iterdir())
-    other = tuning.WidthSpace(family="vector", variant="resnest", blocks=L, width=(4, 30), feature_range=(2, K_MAX))
+    other = tuning.WidthSpace(inputs="vector", variant="resnest", blocks=L, width=(4, 30), feature_range=(2, K_MAX))
     with pytest.raises(ValueError, match="holds another sweep with a different search space .*overwrite=True"):
         tuning.run_sweep(other, regression, sweep.directory, objective="val_loss", outputs=1)
     with pytest.raises(ValueError, match="already holds this sweep; resume=True"):
@@ -223,9 +238,9 @@ def test_a_worker_killed_mid_trial_is_reported_and_its_trial_rerun(distributed):
     lost = [e for e in _events(directory) if e["event"] == "lost"]
     assert [e["worker"] for e in lost] == ["tuner1"]
     row = next(r for r in _rows(directory) if r["trial"] == lost[0]["trial"])
-    assert "lost by tuner1" in row["note"]
-    # re-run by tuner0 unless tuner0 had already been told to stop
-    assert row["status"] == "COMPLETED" and row["worker"] == "tuner1/tuner0" or row["status"] != "COMPLETED"
+    assert "lost by tuner1" in row["note"] and "run 2 times" in row["note"]
+    # tuner0 is told to wait, not to stop, while tuner1's trial runs, so it re-runs the lost trial
+    assert row["status"] == "COMPLETED" and row["worker"] == "tuner1/tuner0"
     # found lost within patience (+ the chief's 0.5 s check and the worker's last ping, patience / 4, before the kill)
     assert lost[0]["time"] - killed_at < 1.25 * patience + 1
     assert chief.returncode == 0 and workers[0].returncode == 0, outputs
@@ -247,6 +262,9 @@ def test_a_worker_whose_chief_is_gone_stops_within_patience(tmp_path):
     (["--blocks", "4", "4", "4", "--features", "8", "--width", "4", "16"],
      "no M in [4, 16] satisfies the bottleneck condition M >= sum K_i for blocks=(4, 4, 4), K=(8, 8, 8): "
      "these depths need M >= 25"),
+    (["--lr-range", "0.01", "inf"], "learning_rate must be a (min, max) pair of finite positive numbers"),
+    (["--objective", "accuracy"], "unknown objective 'accuracy'; valid choices: val_accuracy, val_loss"),
+    (["--worker", "127.0.0.1:9"], "a worker needs --worker-id"),
 ])
 def test_the_command_reports_bad_input(tmp_path, capsys, args, message):
     from nestzoo import cli
@@ -255,3 +273,39 @@ def test_the_command_reports_bad_input(tmp_path, capsys, args, message):
         cli.main(["tune", "--output", str(tmp_path / "s"), *args])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "s" / tuning.PROJECT).exists()
+
+
+def test_bad_names_are_refused_before_tensorflow_is_imported(tmp_path):
+    code = ("import sys\nfrom nestzoo import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('exit', e.code, 'tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, "tune", "--tuner", "grdi", "--output", str(tmp_path / "s")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["exit", "2", "False"], result
+    assert "unknown tuner 'grdi'; valid choices: random, bayesian, hyperband" in result.stderr
+
+
+def test_a_chief_on_a_port_in_use_is_refused_at_once(tmp_path, capsys):
+    from nestzoo import cli
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["tune", "--output", str(tmp_path / "s"), "--chief", f"127.0.0.1:{port}"])
+    assert exit_.value.code == 2
+    assert f"the chief cannot serve on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
+
+
+def test_the_same_seed_gives_the_same_trials_and_scores_in_two_sweeps_at_once(tmp_path):
+    """Two `nestzoo tune` started together with one --seed: the same widths and the same scores."""
+    sweeps = [tmp_path / "a", tmp_path / "b"]
+    processes = [_tune(*TINY_IMAGE, "--max-trials", "2", "--seed", "3", "--output", str(d)) for d in sweeps]
+    try:
+        outputs = [p.communicate(timeout=240)[0] for p in processes]
+    finally:
+        _stop(processes)
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert not any("shuffle" in output for output in outputs)  # Keras's shuffle=True warning
+    first, second = ([(r["M"], r["status"], r["score"]) for r in _rows(d)] for d in sweeps)
+    assert first == second and {status for _, status, _ in first} == {"COMPLETED"}

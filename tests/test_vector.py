@@ -1,8 +1,10 @@
 """The vector-valued family (arch="mlp"): five variants, exact linear algebra, Proposition 4."""
+import keras
 import numpy as np
 import pytest
 
 import nestzoo
+from nestzoo import basis
 
 RES = dict(arch="mlp", input_shape=(5,), width=16, blocks=3, features=4)
 DENSE = dict(arch="mlp", input_shape=(5,), blocks=3, features=4)
@@ -34,10 +36,11 @@ def test_regression_and_classification_outputs(build, kwargs):
     regression = build(outputs=2, **kwargs)
     y = regression.predict(x, verbose=0)
     assert y.shape == (8, 2) and y.dtype == np.float32
-    assert regression.get_layer("predictions").get_config()["activation"] == "linear"
+    assert basis.top_layers(regression)["predictions"].get_config()["activation"] == "linear"
     probabilities = build(classes=3, **kwargs).predict(x, verbose=0)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    assert build(classes=3, classifier_activation=None, **kwargs).get_layer("predictions").get_config()["activation"] == "linear"
+    logits_only = build(classes=3, classifier_activation=None, **kwargs)
+    assert basis.top_layers(logits_only)["predictions"].get_config()["activation"] == "linear"
 
 
 @pytest.mark.parametrize("build,kwargs", VARIANTS, ids=IDS)
@@ -49,12 +52,11 @@ def test_scalar_width_one(build, kwargs):
     if "H0" in maps:  # eq. (4)
         expected = sum(np.asarray(taps[f"v{i}"]) @ maps[f"H{i}"].T for i in range(4)) + maps["b"]
     else:  # the head on x_L: BN (inference), ReLU, W_{L+1}
-        r = np.asarray(taps["x3"])
-        names = {layer.name for layer in model.layers}
-        if "final_bn" in names:
-            gamma, beta, mean, var = model.get_layer("final_bn").get_weights()
+        r, head = np.asarray(taps["x3"]), basis.identity(model).head
+        if head.final_bn:
+            gamma, beta, mean, var = basis.top_layers(model)["final_bn"].get_weights()
             r = (r - mean) / np.sqrt(var + 1e-5) * gamma + beta
-        if "final_relu" in names:
+        if head.final_relu:
             r = np.maximum(r, 0)
         expected = r @ maps["W4"].T + maps["b"]
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
@@ -132,6 +134,9 @@ def test_bottleneck_condition_and_assumption4():
         nestzoo.bottleneck_condition(nestzoo.VectorResNetSpec(width=16, blocks=3, features=4))
     with pytest.raises(ValueError, match="not a vector-valued nestzoo model"):
         nestzoo.linear_maps(nestzoo.ResNEst(blocks=1, width=4, input_shape=(4, 4, 1)))
+    plain = keras.Sequential([keras.Input((5,)), keras.layers.Dense(16, name="expansion")])  # a name is no identity
+    with pytest.raises(basis.NotNestzooModel, match="not a nestzoo model"):
+        nestzoo.linear_maps(plain)
 
 
 @pytest.mark.parametrize(
@@ -148,7 +153,7 @@ def test_proposition4_densenest_equals_a_wide_resnest(build, kwargs):
         densenest.compile("sgd", "mse")
         densenest.fit(inputs(), inputs()[:, :2], epochs=1, verbose=0)
     resnest = nestzoo.densenest_to_resnest(densenest)
-    assert resnest.get_layer("expansion").units == 5 + 3 * 4  # M = N_in + sum D_i
+    assert basis.expansion(resnest).units == 5 + 3 * 4  # M = N_in + sum D_i
     x = inputs(64, seed=1) * 3
     np.testing.assert_allclose(resnest.predict(x, verbose=0), densenest.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
     maps = nestzoo.linear_maps(resnest)
@@ -163,7 +168,7 @@ def test_include_top_false_and_taps():
     assert nestzoo.DenseNEst(include_top=False, **DENSE).output_shape == (None, 17)
     assert nestzoo.AResNEst(include_top=False, **RES).output_shape == (None, 5 + 3 * 4)  # v_0..v_L
     taps = nestzoo.basis_layers(nestzoo.AResNEst(**RES))
-    assert taps["v3"] == "block3_features" and "x3" not in taps and taps["x0"] == "expansion"
+    assert list(taps) == ["v0", "v1", "v2", "v3", "x0", "x1", "x2"]  # eq. (4) deletes W_L: no x_3
 
 
 BAD_INPUTS = [
@@ -179,7 +184,7 @@ BAD_INPUTS = [
     (nestzoo.ResNEst, dict(RES, block="basic"), "takes width, blocks, features, hidden; got block"),
     (nestzoo.ResNEst, dict(RES, input_shape=(8, 8, 3)), r"vector-valued network: give input_shape=\(N_in,\)"),
     (nestzoo.ResNEst, dict(arch="resnet20", input_shape=(10,)), "image network.*use arch='mlp'"),
-    (nestzoo.ResNEst, dict(RES, input_shape=(5, 0)), "input_shape must be"),
+    (nestzoo.ResNEst, dict(RES, input_shape=(0,)), r"input_shape \(N_in,\): N_in must be a positive integer, got 0"),
     (nestzoo.ResNEst, dict(RES, outputs=0), "outputs must be a positive integer"),
     (nestzoo.ResNEst, dict(RES, outputs=1, classes=2), "classes .* or outputs .*, not both"),
 ]

@@ -11,7 +11,7 @@ class DatasetSpec:
     """What the pipeline needs to know about one data set.
 
     `mean`/`std` are the training set's per-channel statistics on the [0, 1] scale
-    (the paper's published constants for CIFAR). Training augmentation pads `pad`
+    (the published constants for CIFAR: docs/reference.md, "Normalization constants"). Training augmentation pads `pad`
     pixels per side by reflection, takes a random crop of the original size and
     mirrors it left-right with probability `flip_probability`. `source` names the
     default loader: "tfds" (tensorflow-datasets) or "sklearn"; `url` is where tfds

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from nestzoo.data.catalog import DatasetSpec, get_spec
 from nestzoo.data.sources import load_examples
+from nestzoo.specs import positive_int
 
 STANDARDIZE_CHOICES = ("published", "computed")
 
@@ -123,16 +124,28 @@ def _held_out_count(validation, num_train: int) -> int:
     return count
 
 
-def _standardizer(mean, std, image_shape):
-    """(uint8 images, labels) -> (float32 (x / 255 - mean) / std, int32 labels)."""
+def standardizer(mean, std, image_shape):
+    """images -> float32 (images / 255 - mean) / std, per channel: the one standardization of
+    training, evaluation and the serving graph (`nestzoo.export`).
+
+    image_shape: (H, W, C); H and W may be None (images of any size).
+    """
     # Constants of the full image shape broadcast over the batch only: several times
     # faster than broadcasting a per-channel vector over the innermost axis.
-    scale = tf.constant(np.broadcast_to(1 / (255 * np.asarray(std)), image_shape), tf.float32)
-    offset = tf.constant(np.broadcast_to(-np.asarray(mean) / np.asarray(std), image_shape), tf.float32)
+    shape = tuple(image_shape)
+    if None in shape:  # any image size: per-channel constants
+        shape = shape[-1:]
+    scale = tf.constant(np.broadcast_to(1 / (255 * np.asarray(std)), shape), tf.float32)
+    offset = tf.constant(np.broadcast_to(-np.asarray(mean) / np.asarray(std), shape), tf.float32)
 
-    def standardize(images, labels):
-        return tf.cast(images, tf.float32) * scale + offset, tf.cast(labels, tf.int32)
+    def standardize(images):
+        return tf.cast(images, tf.float32) * scale + offset
     return standardize
+
+
+def _labelled(standardize):
+    """(uint8 images, labels) -> (standardized images, int32 labels)."""
+    return lambda images, labels: (standardize(images), tf.cast(labels, tf.int32))
 
 
 def _epoch_batches(examples, epoch, *, seed, buffer, batch_size, drop_remainder, standardize, augment):
@@ -178,8 +191,7 @@ def load(name: str, batch_size: int = 128, *, source=None, data_dir=None, downlo
         makes epoch e's a function of (seed, e) alone, which resuming relies on.
     """
     spec = get_spec(name)
-    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    positive_int("batch_size", batch_size)
     if standardize not in STANDARDIZE_CHOICES:
         raise ValueError(f"standardize must be one of {STANDARDIZE_CHOICES}, not {standardize!r}")
     examples = load_examples(spec, source, data_dir=data_dir, download=download)
@@ -196,7 +208,7 @@ def load(name: str, batch_size: int = 128, *, source=None, data_dir=None, downlo
     train, validation_examples, test = splits
     mean, std = (spec.mean, spec.std) if standardize == "published" else channel_stats(train)
 
-    standardize_batch = _standardizer(mean, std, spec.input_shape)
+    standardize_batch = _labelled(standardizer(mean, std, spec.input_shape))
     epoch_batches = functools.partial(
         _epoch_batches, train, seed=seed, buffer=shuffle_buffer or num_train, batch_size=batch_size,
         drop_remainder=drop_remainder, standardize=standardize_batch,

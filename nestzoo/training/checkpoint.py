@@ -13,11 +13,16 @@ The main thread only reads the variables' values (one call; tensors are immutabl
 next update of a variable copies it); a background thread copies them to the host,
 writes, hashes, syncs and commits, and the next epoch's commit (or the end of the
 run) waits for it.
+
+A run's folder is claimed by one process at a time (`claim`): ``nestzoo.lock`` holds
+the owner's pid, host and start time while it works there.
 """
+import contextlib
 import errno
 import hashlib
 import json
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -26,6 +31,8 @@ import numpy as np
 
 STATE_KEYS = ("epoch", "history", "last", "best", "variables")
 CHUNK = 1 << 24
+LOCK = "nestzoo.lock"
+TAKEOVER_SECONDS = 30  # a takeover guard older than this was left by a process that died taking over
 
 
 class CheckpointError(ValueError):
@@ -34,6 +41,125 @@ class CheckpointError(ValueError):
 
 class CommitError(OSError):
     """An epoch could not be committed (a full disk, a folder turned read-only, ...)."""
+
+
+class FolderInUse(ValueError):
+    """Another live process works in the folder (its ``nestzoo.lock`` names it)."""
+
+
+def read_json(path, remedy):
+    """The JSON in `path`; a file that is not valid JSON is refused naming it, with `remedy`."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is damaged: not valid JSON ({error}); {remedy}") from None
+
+
+def read_config(run_dir):
+    """A run's config.json (what was trained and how); a damaged one is refused naming the file."""
+    path = Path(run_dir) / "config.json"
+    remedy = "restore it, or train into a new directory"
+    config = read_json(path, remedy)
+    if not isinstance(config, dict) or not {"recipe", "data", "model"} <= set(config):
+        raise CheckpointError(f"{path} is not a nestzoo run's config (no recipe, data or model); {remedy}")
+    return config
+
+
+def _owner(path):
+    """The lock's record {"pid", "host", "started"}, or None if it vanished."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FolderInUse(f"{path} is not a nestzoo lock; remove it if no nestzoo process works in "
+                          f"{path.parent}") from None
+
+
+def _alive(owner):
+    """Whether the lock's owner may still run: always for another host's, which cannot be asked."""
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _take_over(path, stale):
+    """Remove the stale lock `stale`, unless another process took it over first (a guard file serializes)."""
+    guard = path.with_name(path.name + ".takeover")
+    try:
+        fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - guard.stat().st_mtime > TAKEOVER_SECONDS:
+                guard.unlink()
+        time.sleep(0.05)
+        return
+    try:
+        if _owner(path) == stale:
+            path.unlink()
+    finally:
+        os.close(fd)
+        guard.unlink()
+
+
+def _create_exclusively(complete, path):
+    """Create `path` with the content of the file `complete`, failing with FileExistsError if it exists.
+
+    A hard link makes it appear complete; where the file system has none, an O_EXCL create.
+    """
+    try:
+        os.link(complete, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FUSE file systems)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(complete.read_text())
+
+
+@contextlib.contextmanager
+def claim(directory):
+    """Hold `directory` for this process while the block runs, or raise FolderInUse naming its owner.
+
+    The claim is an exclusive create of ``directory/nestzoo.lock`` (a complete file
+    hard-linked into place) recording the pid, host and start time. A lock whose process
+    has died on this host (a killed run) is taken over; a live one is refused.
+    """
+    directory = Path(directory)
+    path = directory / LOCK
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    tmp = directory / f"tmp-{LOCK}.{os.getpid()}-{threading.get_ident()}"
+    tmp.write_text(json.dumps(record))
+    try:
+        while True:
+            try:
+                _create_exclusively(tmp, path)
+                break
+            except FileExistsError:
+                owner = _owner(path)
+                if owner is None:
+                    continue
+                if _alive(owner):
+                    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
+                    raise FolderInUse(
+                        f"{directory} is in use by process {owner.get('pid')} on {owner.get('host')} (started "
+                        f"{started}); wait for it to end, or choose another folder. If no such process runs, "
+                        f"remove {path}") from None
+                _take_over(path, owner)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        yield record
+    finally:
+        if _owner(path) == record:
+            path.unlink(missing_ok=True)
 
 
 def state_variables(model):
@@ -157,16 +283,18 @@ def check_compatible(stored, variables, state_path, model_name):
                           "resume it with the model it was trained with, or train into a new directory")
 
 
+def new_state():
+    """The commit record of a run that has committed nothing."""
+    return {"epoch": 0, "history": [], "last": None, "best": None, "variables": None}
+
+
 def load_state(run_dir):
     """The commit record of `run_dir`, or a fresh one; refuses a damaged or foreign state.json."""
     path = Path(run_dir) / "checkpoint" / "state.json"
     if not path.exists():
-        return {"epoch": 0, "history": [], "last": None, "best": None, "variables": None}
+        return new_state()
     redo = f"move {path.parent} aside (the run then restarts from epoch 0), or restore state.json from a backup"
-    try:
-        state = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path} is damaged: not valid JSON ({error}); {redo}") from error
+    state = read_json(path, redo)
     missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a nestzoo commit record (missing {', '.join(missing)}); {redo}")

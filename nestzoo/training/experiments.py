@@ -1,11 +1,14 @@
-"""Several runs at once: models x seeds, summarized as the paper's Tables 1 and 2."""
+"""Several runs at once: models x seeds, summarized as the paper's Tables 1 and 2; and testing a saved model."""
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
-from nestzoo import optimizers  # noqa: F401  (registers CoupledSGD and MultiStepSchedule for load_model)
-from nestzoo.training import report
-from nestzoo.training.run import check_output_dir, load_model, loss_for, train
+from nestzoo.data import splits
+from nestzoo.saving import load_model
+from nestzoo.specs import positive_int
+from nestzoo.training import folder, report
+from nestzoo.training.run import check_fits, loss_for, train
 
 
 def train_seeds(models, data="digits", seeds=range(7), *, output_dir, **kwargs):
@@ -24,7 +27,7 @@ def train_seeds(models, data="digits", seeds=range(7), *, output_dir, **kwargs):
     if not models or not all(isinstance(m, str) or callable(m) and not isinstance(m, keras.Model) for m in models):
         raise ValueError("models must be a non-empty list of registry names (see nestzoo.list_models()) or "
                          f"functions returning a fresh keras.Model, got {models!r}")
-    check_output_dir(output_dir)
+    folder.check_output_dir(output_dir)
     summaries = [
         train(model, data, seed=seed, output_dir=Path(output_dir, getattr(model, "__name__", model), f"seed{seed}"),
               **kwargs)
@@ -35,22 +38,25 @@ def train_seeds(models, data="digits", seeds=range(7), *, output_dir, **kwargs):
     return summaries
 
 
-def evaluate(model, data="digits", *, batch_size=128, verbose="auto"):
+def evaluate(model, data="digits", *, batch_size=128, verbose="auto", **load_options):
     """Test loss and accuracy of a model (or a saved .keras file) on a data set's test split.
 
-    data: a data set name, a `nestzoo.data.Datasets` (its test split) or a batched tf.data set.
-    A file that is missing, not a .keras archive, or holds non-finite weights is refused by name.
+    data: what ``nestzoo.data.splits`` takes (its test split is used; a name's is not
+    augmented), or one batched tf.data dataset. load_options go to ``nestzoo.data.load``
+    with a name (source=, data_dir=, download=). A file that is missing, not a .keras
+    archive, or holds non-finite weights is refused by name, and data that does not fit
+    the model (its input shape or classes) is refused naming both.
     """
-    from nestzoo import data as nestzoo_data
-
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    positive_int("batch_size", batch_size)
     if not isinstance(model, keras.Model):
         model = load_model(model)
     if not model.compiled:
         model.compile(loss=loss_for(model), metrics=["accuracy"])
-    if isinstance(data, str):
-        data = nestzoo_data.load(data, batch_size, augment=False)
-    test = data.test if isinstance(data, nestzoo_data.Datasets) else data
+    if isinstance(data, tf.data.Dataset):
+        test = data
+    else:
+        given = splits(data, batch_size, augment=False, **load_options)
+        check_fits(model, given)
+        test = given.test
     loss, accuracy = model.evaluate(test, verbose=verbose)
     return {"loss": float(loss), "accuracy": float(accuracy)}

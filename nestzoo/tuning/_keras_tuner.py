@@ -1,0 +1,70 @@
+"""The one module that uses keras-tuner's private API (pinned in setup.cfg: keras-tuner>=1.4.8,<1.5).
+
+Two guarantees need it, and keras-tuner 1.4 has no public hook for either:
+
+- **Atomic state.** keras-tuner writes its state (``oracle.json``, each
+  ``trial_*/trial.json``, the tuner's ``<tuner_id>.json``) in place, so a SIGKILL
+  during a write leaves a truncated file that its reload cannot read. `Oracle.save`
+  and `BaseTuner.save` are public and overridden here, but the paths they write come
+  from private methods (``_get_oracle_fname``, ``_get_tuner_fname``), a trial's file
+  is written by the private ``Oracle._save_trial``, and a worker's tuner skips the
+  oracle by the private ``_is_worker``; a trial's checkpoint is named by the private
+  ``_get_checkpoint_fname`` (nestzoo keeps its SHA-256 beside it).
+- **A heartbeat with a deadline.** A worker's `OracleClient` waits up to an hour for
+  each answer of the chief; a ping that fails within seconds needs the client's gRPC
+  stub (``OracleClient.stub``) and keras-tuner's request messages (``keras_tuner.src.protos``).
+
+tests/test_tuning_private.py fails when an installed keras-tuner changes any of these.
+"""
+import json
+import os
+from pathlib import Path
+
+from nestzoo.training.checkpoint import atomic_write_text
+
+USED = {  # class: the private names used here
+    "keras_tuner.Oracle": ("_get_oracle_fname", "_get_trial_dir", "_save_trial"),
+    "keras_tuner.Tuner": ("_get_tuner_fname", "_is_worker", "_get_checkpoint_fname"),
+}
+
+
+def write_state(path, state):
+    """Write a keras-tuner state dict as JSON, atomically (what keras-tuner's own writer does in place)."""
+    atomic_write_text(path, json.dumps(state))
+
+
+class AtomicOracleState:
+    """Mixin of a `keras_tuner.Oracle` subclass: the oracle's and the trials' files are written atomically."""
+
+    def save(self):
+        write_state(self._get_oracle_fname(), self.get_state())
+
+    def _save_trial(self, trial):
+        write_state(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
+
+
+class AtomicTunerState:
+    """Mixin of a `keras_tuner.Tuner` subclass: the tuner's file (and, on the oracle's process, the
+    oracle's) are written atomically."""
+
+    def save(self):
+        if not self._is_worker():
+            self.oracle.save()
+        write_state(self._get_tuner_fname(), self.get_state())
+
+
+def checkpoint_path(tuner, trial_id):
+    """Path of the checkpoint keras-tuner keeps of a trial's best epoch."""
+    return Path(tuner._get_checkpoint_fname(trial_id))
+
+
+def ping(client, trial_id, timeout):
+    """Ask the chief behind `client` (a worker's `OracleClient`) for `trial_id` (None: the search space),
+    waiting at most `timeout` seconds; raises grpc.RpcError when it does not answer."""
+    from keras_tuner.src import protos
+
+    service = protos.get_service()
+    if trial_id is None:
+        client.stub.GetSpace(service.GetSpaceRequest(), timeout=timeout)
+    else:
+        client.stub.GetTrial(service.GetTrialRequest(trial_id=trial_id), timeout=timeout)
