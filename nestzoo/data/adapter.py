@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from nestzoo.data.pipeline import Datasets, _epoch_batches, _held_out_count, load
+from nestzoo.data.pipeline import Datasets, epoch_batches_of, held_out_count, load
 from nestzoo.specs import positive_int
 
 FORMS = ("a data set name of nestzoo.data (digits, cifar10, cifar100), a nestzoo.data.Datasets, (x, y) numpy "
@@ -107,7 +107,7 @@ def _keep(x, y):
 
 def _training(x, y, batch_size, seed):
     """(train, epochs) batches of arrays, reshuffled every epoch as nestzoo.data's are: by (seed, epoch)."""
-    epoch_batches = functools.partial(_epoch_batches, _examples(x, y), seed=seed, buffer=len(x),
+    epoch_batches = functools.partial(epoch_batches_of, _examples(x, y), seed=seed, buffer=len(x),
                                       batch_size=batch_size, drop_remainder=False, standardize=_keep, augment=None)
     steps = -(-len(x) // batch_size)
     passes = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).flat_map(epoch_batches)
@@ -127,7 +127,7 @@ def _from_arrays(pair, batch_size, seed, validation):
     """(x, y) arrays: the training set, less the last `validation` examples, which validate and test."""
     positive_int("batch_size", batch_size)
     x, y = _arrays(pair, "(x, y)")
-    held_out = _held_out_count(validation, len(x))
+    held_out = held_out_count(validation, len(x))
     keep = len(x) - held_out
     train, steps, epochs = _training(x[:keep], y[:keep], batch_size, seed)
     held = _evaluation(x[keep:], y[keep:], batch_size) if held_out else None

@@ -107,7 +107,7 @@ def _describe(source) -> str:
         source, "__fspath__") else "arrays"
 
 
-def _held_out_count(validation, num_train: int) -> int:
+def held_out_count(validation, num_train: int) -> int:
     """Number of training examples `validation` (None, a fraction or a count) holds out."""
     if validation is None:
         return 0
@@ -148,7 +148,7 @@ def _labelled(standardize):
     return lambda images, labels: (standardize(images), tf.cast(labels, tf.int32))
 
 
-def _epoch_batches(examples, epoch, *, seed, buffer, batch_size, drop_remainder, standardize, augment):
+def epoch_batches_of(examples, epoch, *, seed, buffer, batch_size, drop_remainder, standardize, augment):
     """The batches of one training epoch; called by flat_map with an int64 epoch tensor.
 
     The shuffle seed and the per-batch augmentation seeds are drawn statelessly from
@@ -200,7 +200,7 @@ def load(name: str, batch_size: int = 128, *, source=None, data_dir=None, downlo
         if count == 0:
             raise ValueError(f"{spec.name}: the {split} split of the source holds no examples "
                              f"(source={_describe(source)}); give a non-empty data set")
-    held_out = _held_out_count(validation, num_train)
+    held_out = held_out_count(validation, num_train)
     num_train -= held_out
     splits = examples.train.take(num_train), examples.train.skip(num_train), examples.test
     if cache and not examples.in_memory:
@@ -210,7 +210,7 @@ def load(name: str, batch_size: int = 128, *, source=None, data_dir=None, downlo
 
     standardize_batch = _labelled(standardizer(mean, std, spec.input_shape))
     epoch_batches = functools.partial(
-        _epoch_batches, train, seed=seed, buffer=shuffle_buffer or num_train, batch_size=batch_size,
+        epoch_batches_of, train, seed=seed, buffer=shuffle_buffer or num_train, batch_size=batch_size,
         drop_remainder=drop_remainder, standardize=standardize_batch,
         augment=functools.partial(augment_batch, pad=spec.pad, flip_probability=spec.flip_probability)
         if augment else None)
