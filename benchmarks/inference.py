@@ -2,6 +2,7 @@
 
     python benchmarks/inference.py                      # the export's default graph vs PyTorch
     python benchmarks/inference.py --all                # every graph option (fold x jit x call path)
+    python benchmarks/inference.py --runtimes           # TensorFlow, onnxruntime, LiteRT (float, int8), PyTorch
 
 The SavedModel (CIFAR-shaped 32x32x3 uint8 images, 10 classes, standardization in
 the graph) is exported with nestzoo.export, loaded back with tf.saved_model.load and
@@ -12,6 +13,13 @@ NCHW tensors (so it does less work: no uint8 conversion). Throughput: images/s o
 --batches calls at batch 128; latency: median and p99 of --calls calls at batch 1.
 Both run in the same process, one after the other; compare the ratios printed,
 since a shared CPU's speed drifts between runs.
+
+--runtimes converts the same model with nestzoo's converters (`nestzoo.runtimes`:
+tf2onnx, the LiteRT converter, onnxruntime's static int8 quantization and LiteRT's
+full-integer quantization) and times each file in its runtime with 2 threads, all
+interleaved in one process. The int8 models are calibrated on 64 random uint8 images
+(the model is untrained; speed does not depend on the weights' values, accuracy is
+measured by ``nestzoo export --quantize int8`` on a trained run).
 """
 import argparse
 import os
@@ -83,12 +91,37 @@ def torch_call():
     return call, f"PyTorch {torch.__version__} eager (2 threads, inference_mode)"
 
 
+def runtime_calls(model, tmp, threads=2):
+    """{label: call(uint8 batch)} of the model converted to ONNX and LiteRT, float and int8."""
+    from nestzoo import runtimes
+
+    module = export.serving_module(model, dataset="cifar10")
+    representative = [image[None] for image in np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3),
+                                                                                  dtype=np.uint8)]
+    onnx_float = runtimes.to_onnx(module, Path(tmp, "float.onnx"))
+    files = {"onnxruntime float": onnx_float,
+             "onnxruntime int8 (QDQ)": runtimes.quantize_onnx(onnx_float, Path(tmp, "int8.onnx"), representative),
+             "LiteRT float (XNNPACK)": runtimes.to_litert(module, Path(tmp, "float.tflite")),
+             "LiteRT int8 (full integer)": runtimes.to_litert(module, Path(tmp, "int8.tflite"), representative)}
+    calls = {}
+    for label, file in files.items():
+        runtime = runtimes.Runtime(file, threads)
+        calls[label] = (lambda r: lambda x: r(x)["probabilities"])(runtime)
+    import onnxruntime
+    import ai_edge_litert
+
+    versions = f"onnxruntime {onnxruntime.__version__}, ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}"
+    return calls, versions
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--calls", type=int, default=300, help="batch-1 calls timed (median, p99)")
     p.add_argument("--batches", type=int, default=20, help="batch-128 calls timed (throughput)")
     p.add_argument("--all", action="store_true", help="time every graph option, not only the default")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--runtimes", action="store_true",
+                   help="also time the ONNX and LiteRT conversions (float and int8) in their runtimes")
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -109,6 +142,11 @@ def main():
             for path, call in paths.items() if label == "default" else [("signature", paths["signature"])]:
                 name = f"SavedModel {label} ({path})"
                 calls[name], inputs_128[name], inputs_1[name] = call, images_128, images_1
+        versions = ""
+        if args.runtimes:
+            converted, versions = runtime_calls(model, tmp)
+            for name, call in converted.items():
+                calls[name], inputs_128[name], inputs_1[name] = call, images_128.numpy(), images_1.numpy()
         if not args.no_torch:
             import torch
 
@@ -117,7 +155,8 @@ def main():
             calls[reference], inputs_128[reference], inputs_1[reference] = call, x, x[:1].clone()
         results = measure(calls, inputs_128, inputs_1, args)
     print(f"TensorFlow {tf.__version__}, oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS')}, {os.cpu_count()} CPUs; "
-          f"batch 128 ({args.batches} calls) and batch 1 ({args.calls} calls), interleaved:")
+          f"{versions and versions + ', '}batch 128 ({args.batches} calls) and batch 1 ({args.calls} calls), "
+          "interleaved:")
     for name, r in results.items():
         print(f"  {name:<62} {r['images/s']:>7.0f} images/s  median {r['median ms']:6.2f} ms  "
               f"p99 {r['p99 ms']:6.2f} ms")

@@ -40,5 +40,6 @@ _ATTRIBUTES = {
     "nestzoo.specs": ("DenseNetSpec", "ResNetSpec", "VectorDenseNetSpec", "VectorResNetSpec"),
     "nestzoo.theory": ("assumption4", "block_risks", "bottleneck_condition", "erlb"),
     "nestzoo.saving": ("load_model",),
+    "nestzoo.presets": ("list_presets", "load_preset", "save_preset"),
 }
 __getattr__, __dir__, __all__ = attach(globals(), _ATTRIBUTES)

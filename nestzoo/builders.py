@@ -133,15 +133,41 @@ def _check_data_format(data_format):
             "call keras.config.set_image_data_format('channels_last') before building")
 
 
-def _check_options(head, shape, include_top, pooling, weights):
+def _check_options(head, shape, include_top, pooling):
     """Validate the Keras Applications options before any layer is made."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if head.augmented and not include_top and pooling is None and len(shape) == 3:
         raise ValueError("an A-ResNEst's representation is the set of features v_0..v_L of different sizes; "
                          "without the top give pooling='avg' or 'max' (or use nestzoo.basis_model)")
-    if weights is not None and not os.path.isfile(weights):
-        raise ValueError(f"weights must be None or the path of a weights file; {weights!r} is not a file")
+
+
+def _resolve_weights(weights, arch, variant, units, outputs):
+    """(file to load, preset directory or None) for ``weights=``, checked before any layer is made
+    (`nestzoo.presets.resolve`: a weights file, a preset directory or URL, or a data set name)."""
+    if weights is None:
+        return None, None
+    from nestzoo import presets
+
+    name = f"{registry.canonical(arch)}.{variant}" if arch is not None and registry.canonical(arch) in registry.ARCHS \
+        else None
+    path, preset = presets.resolve(weights, name, None if outputs is not None else units)
+    if preset is not None and outputs is not None:
+        raise ValueError(f"the preset {preset} holds a classifier; build it with classes=, not outputs=")
+    return path, preset
+
+
+def _load_without_top(model, weights, family, variant, arch, shape):
+    """Load a preset's weights into a model built without its top: through the full model (the preset's
+    classes), layer by layer by name, as Keras Applications load ``include_top=False``."""
+    from nestzoo import presets
+
+    config, _ = presets.read_preset(os.path.dirname(weights), verify=False)
+    full = build_model(family, variant, arch, input_shape=shape, classes=config["classes"], weights=None)
+    saving.load_weights(full, weights)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights(full.get_layer(layer.name).get_weights())
 
 
 def _outputs(classes, outputs, classifier_activation):
@@ -185,7 +211,9 @@ def build_model(family, variant, arch=None, *, input_shape=None, input_tensor=No
     units, activation = _outputs(classes, outputs, classifier_activation)
     data_format = keras.config.image_data_format() if spec.input_rank == 3 else None
     shape = _input_shape(spec, input_shape, input_tensor, data_format)
-    _check_options(head, shape, include_top, pooling, weights)
+    _check_options(head, shape, include_top, pooling)
+    weights_file, preset = _resolve_weights(weights, arch, variant, units if include_top or classes else None,
+                                            outputs)
     _check_data_format(data_format)
 
     arch = registry.canonical(arch) if arch is not None else None
@@ -197,8 +225,10 @@ def build_model(family, variant, arch=None, *, input_shape=None, input_tensor=No
     reps = heads.representation(x_last, basis, head)
     top = heads.predictor(reps, units, activation) if include_top else heads.pooled(reps, pooling)
     model = NestModel(inputs, top, name=name or f"{arch or 'custom'}_{variant}")
-    if weights is not None:
-        saving.load_weights(model, weights)
+    if preset is not None and not include_top:
+        _load_without_top(model, weights_file, family, variant, arch, shape)
+    elif weights_file is not None:
+        saving.load_weights(model, weights_file)
     return model
 
 
@@ -232,9 +262,15 @@ _OPTIONS_DOC = """
         form: it refuses pooling=None without the top on images.
     classifier_activation: activation of the float32 "predictions" layer, default
         "softmax"; None gives logits.
-    weights: None (PyTorch-default random initialization) or the path of a
+    weights: None (PyTorch-default random initialization); the path of a
         ``.weights.h5`` file saved from the same architecture (a trainer's
-        ``best.weights.h5`` included).
+        ``best.weights.h5`` included); a data set name, "cifar10" (seed 0) or
+        "cifar10:seed3", for the installed preset of this arch, variant and data
+        set (``$NESTZOO_HOME/presets``, see `nestzoo.presets`); a preset directory;
+        or the URL of a zipped preset with its sha256,
+        ``https://.../preset.zip#sha256=<hex>`` (downloaded once, verified). A
+        preset of another arch, variant or class count is refused; its weights'
+        sha256 is checked before loading.
     name: the model's name (default "{{arch}}_{{variant}}").
 
     Returns a `nestzoo.model.NestModel`: a functional ``keras.Model`` whose

@@ -161,8 +161,43 @@ def _data_options(args):
     return {"source": args.source, "data_dir": args.data_dir, "download": not args.no_download}
 
 
+def _cluster(args):
+    """--chief or --worker: sets `args.cluster` (keras-tuner's oracle environment, checked: a chief's
+    port is free) and returns the address, or None for a local job."""
+    from nestzoo.tuning import cluster
+
+    if args.chief and args.worker:
+        raise ValueError("give --chief or --worker, not both")
+    address = args.chief or args.worker
+    args.cluster = address and cluster.environment(address, None if args.chief else (args.worker_id or ""))
+    if args.chief:
+        cluster.check_port(args.cluster["KERASTUNER_ORACLE_IP"], args.cluster["KERASTUNER_ORACLE_PORT"])
+    return address
+
+
 def _check_train(args):
-    """The model names and the recipe, checked before TensorFlow is imported."""
+    """The model names, the recipe and the grid's address, checked before TensorFlow is imported."""
+    from nestzoo import published
+
+    if args.paper:  # the whole grid of Table 1 or 2 (appendix B.4): 4 archs x 4 variants x seeds 0..6
+        if args.arch or args.variant:
+            raise ValueError(f"--paper {args.paper} names the archs and variants of Table {args.paper}; "
+                             "drop --arch/--variant (or drop --paper)")
+        args.arch, args.variant = list(published.ARCHS), list(published.VARIANTS)
+        args.dataset = published.TABLES[args.paper]
+    args.arch, args.variant = args.arch or ["resnet20"], args.variant or ["a-resnest"]
+    if args.seeds is None:
+        args.seeds = list(range(7)) if args.paper else [0]
+    address = _cluster(args)
+    if address and not args.output:
+        raise ValueError("--chief/--worker need --output: the output folder every machine shares")
+    if address and args.strategy == "multi-worker":
+        raise ValueError("--strategy multi-worker trains one run on several machines; --chief/--worker spread "
+                         "the runs of a grid: give one or the other")
+    if args.strategy == "multi-worker":
+        from nestzoo.training import multiworker
+
+        multiworker.read_tf_config()
     args.models = _model_names(args.arch, args.variant)
     args.training_recipe = get_recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size,
                                       learning_rate=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
@@ -173,11 +208,17 @@ def _train(args):
     recipe = args.training_recipe
     print(_describe(recipe, scaled_from=RECIPES[args.recipe] if args.milestones is None else None), flush=True)
     strategy = None
-    if args.mirrored:
+    if args.mirrored or args.strategy == "mirrored":
         import tensorflow as tf
 
         strategy = tf.distribute.MirroredStrategy()
+    elif args.strategy == "multi-worker":
+        from nestzoo.training import multiworker
+
+        strategy = multiworker.strategy_from_environment()
     output = args.output or time.strftime("runs/%Y%m%d-%H%M%S")
+    if args.cluster:
+        return _train_grid(args, recipe, output)
     try:
         summaries = training.train_seeds(
             args.models, args.dataset, args.seeds, output_dir=output, recipe=recipe,
@@ -193,6 +234,27 @@ def _train(args):
     if len(summaries) > 1:
         print("\n" + training.results_markdown(training.results_rows(summaries)))
     print(f"test accuracy: {100 * sum(s['test_accuracy'] for s in summaries) / len(summaries):.2f}%")
+
+
+def _train_grid(args, recipe, output):
+    """`nestzoo train --chief/--worker`: the grid's runs as keras-tuner trials (`nestzoo.training.grid`)."""
+    os.environ.update(args.cluster)
+    from nestzoo.training import grid
+
+    outcome, summaries = grid.run_grid(
+        args.models, args.dataset, args.seeds, output_dir=output, patience=args.patience, resume=args.resume,
+        recipe=recipe, precision=args.precision, jit_compile=args.jit_compile, validation=args.validation,
+        data_options=_data_options(args), verbose=args.verbose, deterministic=args.deterministic)
+    if args.worker:
+        print(f"worker {args.worker_id}: the chief has no more runs; results.md is in {output}/")
+        return
+    if summaries:
+        print("\n" + training.results_markdown(training.results_rows(summaries)))
+    print(f"{len(summaries)} of {len(args.models) * len(args.seeds)} runs finished in {output}/ "
+          "(results.md, results.csv)")
+    if outcome == "abandoned":
+        sys.exit(f"nestzoo train: no worker was heard from for {args.patience:g} s; restart the chief with "
+                 "--resume (finished epochs are kept)")
 
 
 def _run_model(given, dataset):
@@ -213,11 +275,37 @@ def _run_model(given, dataset):
     return model, dataset
 
 
+def _is_preset(given):
+    from nestzoo import presets
+
+    return presets.is_preset(given) or str(given).startswith(("https://", "http://")) or (
+        ":" in str(given) and not Path(given).exists())
+
+
 def _check_evaluate(args):
-    args.model_file, args.dataset = _run_model(args.model, args.dataset)
+    args.preset = _is_preset(args.model)
+    if args.preset:  # found and verified before TensorFlow starts
+        from nestzoo import presets
+
+        args.model = str(presets.find(args.model))
+    else:
+        args.model_file, args.dataset = _run_model(args.model, args.dataset)
+
+
+def _evaluate_preset(args):
+    from nestzoo.training.experiments import evaluate_preset
+
+    result = evaluate_preset(args.model, args.dataset, batch_size=args.batch_size, verbose=args.verbose,
+                             **_data_options(args))
+    published = result["published_accuracy"]
+    print(f"{result['preset']} on {result['dataset']} (test): loss {result['loss']:.4f}, measured accuracy "
+          f"{result['measured_accuracy']:.2f}%, published "
+          + ("(none recorded)" if published is None else f"{published:.2f}%"))
 
 
 def _evaluate(args):
+    if args.preset:
+        return _evaluate_preset(args)
     result = training.evaluate(args.model_file, args.dataset, batch_size=args.batch_size, verbose=args.verbose,
                                **_data_options(args))
     print(f"{args.model_file} on {args.dataset} (test): loss {result['loss']:.4f}, "
@@ -227,33 +315,54 @@ def _evaluate(args):
 def _export(args):
     from nestzoo import export
 
-    directory = export.export(args.model, args.base_dir, name=args.name, version=args.version, dataset=args.dataset,
-                              fold_batch_norm=args.fold_batch_norm, jit_compile=args.jit_compile)
+    try:
+        directory = export.export(args.model, args.base_dir, name=args.name, version=args.version,
+                                  dataset=args.dataset, fold_batch_norm=args.fold_batch_norm,
+                                  jit_compile=args.jit_compile, format=args.format, quantize=args.quantize,
+                                  calibration=args.calibration)
+    except ImportError as error:  # a format's extra missing: the message names it
+        raise ValueError(str(error)) from error
     metadata = export.read_metadata(directory)
     inputs = f"{metadata['input']['dtype']} {metadata['input']['name']}"
-    print(f"SavedModel written to {directory} (signature serving_default: {inputs} -> "
-          f"{', '.join(metadata['outputs'])}; metadata in assets/{export.METADATA_FILE})")
+    if args.format == "saved_model":
+        print(f"SavedModel written to {directory} (signature serving_default: {inputs} -> "
+              f"{', '.join(metadata['outputs'])}; metadata in assets/{export.METADATA_FILE})")
+        return
+    check = metadata["verification"]
+    print(f"{args.format} model written to {directory / metadata['file']} ({inputs} -> "
+          f"{', '.join(metadata['outputs'])}; metadata in {export.METADATA_FILE} beside it); checked in "
+          f"{check['runtime']} against the Keras model on {check['batch']} images: largest difference "
+          f"{check['max_abs_difference']:.2g}")
+    if args.quantize:
+        q = metadata["int8"]
+        print(f"int8 ({q['calibration_images']} calibration images): test accuracy {100 * q['test_accuracy']:.2f}% "
+              f"vs float {100 * q['float_test_accuracy']:.2f}% on {q['test_images']} {q['dataset']} test images")
 
 
 def _predict(args):
     from nestzoo.predict import Predictor, format_rows, read_inputs
 
-    predictor = Predictor(args.model, dataset=args.dataset)
+    try:
+        predictor = Predictor(args.model, dataset=args.dataset)
+    except ImportError as error:  # an ONNX or LiteRT export without its runtime: the message names the extra
+        raise ValueError(str(error)) from error
     names, batch = read_inputs(args.images, predictor, range_check=args.range_check)
     print(format_rows(predictor.top_k(batch, names, args.top_k), as_json=args.json))
 
 
 def _add_export(sub):
     export = sub.add_parser(
-        "export", help="write a run's model as a versioned SavedModel for TensorFlow Serving",
+        "export", help="write a run's model as a versioned SavedModel (TF Serving), ONNX or LiteRT model",
         description="Write saved_models/<name>/<version>/ (TF Serving's layout): signature serving_default takes "
                     "uint8 images (N, H, W, C) as the data set stores them, standardizes them in the graph and "
                     "returns probabilities, class_ids and logits (regressors: predictions); signature "
-                    "standardized takes float32 standardized inputs. The export is written beside the target and "
+                    "standardized takes float32 standardized inputs. --format onnx|litert writes <version>/model.onnx "
+                    "or model.tflite with nestzoo.json beside it, the same uint8 images in and outputs, checked "
+                    "in its runtime against the Keras model. The export is written beside the target and "
                     "renamed into place; an existing version is never overwritten. See saved_models/README.md.")
     export.add_argument("model", metavar="RUN_DIR_OR_MODEL",
                         help="a run directory (runs/<date-time>/resnet20.a-resnest/seed0; its config.json names "
-                             "the data set) or a .keras file")
+                             "the data set), a .keras file, or a preset directory (its metadata names the data set)")
     export.add_argument("--name", help="model name under --base-dir (default: the registry name, resnet20_a-resnest)")
     export.add_argument("--version", type=_positive_int, help="version number (default: the next after the existing ones)")
     export.add_argument("--base-dir", default="saved_models", help="where model names live (default saved_models)")
@@ -266,13 +375,22 @@ def _add_export(sub):
                         help="XLA-compile the serving function (default off: TF Serving runs it only with "
                              "--xla_cpu_compilation_enabled; measured on a 2-core CPU it lowers batch-1 latency "
                              "and cuts batch-128 throughput, see README)")
+    export.add_argument("--format", choices=("saved_model", "onnx", "litert"), default="saved_model",
+                        help="saved_model (default, TF Serving), onnx (<version>/model.onnx, converted by tf2onnx, "
+                             "checked in onnxruntime; pip install 'nestzoo[onnx]') or litert (<version>/"
+                             "model.tflite, LiteRT converter, checked in ai_edge_litert; 'nestzoo[litert]')")
+    export.add_argument("--quantize", choices=("int8",), help="int8: static full-integer quantization (onnx, "
+                        "litert); its test accuracy is measured and written to nestzoo.json")
+    export.add_argument("--calibration", type=_positive_int, metavar="N",
+                        help="with --quantize: calibrate on the first N training images of the run's data set")
     export.set_defaults(run=_export)
 
 
 def _add_predict(sub):
     predict = sub.add_parser(
         "predict", help="top-k classes of images from an export or a .keras model",
-        description="Run an export (saved_models/<name>/<version>, or saved_models/<name> for its latest version) "
+        description="Run an export (saved_models/<name>/<version>, or saved_models/<name> for its latest version; "
+                    "a SavedModel in TensorFlow, model.onnx in onnxruntime, model.tflite in LiteRT) "
                     "or a .keras model on PNG/JPEG files, folders of them, or .npy arrays (N, H, W, C) of uint8. "
                     "Images of another size are refused, not resized; 16-bit PNGs are scaled to 0..255; float "
                     "arrays and images whose largest value is below 32 (another scale, such as scikit-learn's "
@@ -343,8 +461,11 @@ def _add_train(sub):
                     "keep the recipe's values (paper: batch 128, 200 epochs, SGD Nesterov 0.9, coupled weight "
                     "decay 5e-4, lr 0.1 or 0.01 for ResNEsts, x0.2 after epochs 60, 120, 160).",
         formatter_class=_HelpFormatter)
-    train.add_argument("--arch", nargs="+", default=["resnet20"], help="architectures (see `nestzoo models`)")
-    train.add_argument("--variant", nargs="+", default=["a-resnest"], help=_VARIANTS_HELP)
+    train.add_argument("--arch", nargs="+", help="architectures (see `nestzoo models`) (default: resnet20)")
+    train.add_argument("--variant", nargs="+", help=_VARIANTS_HELP + " (default: a-resnest)")
+    train.add_argument("--paper", type=int, choices=(1, 2),
+                       help="the grid of the paper's Table 1 (CIFAR-10) or 2 (CIFAR-100): its 4 archs x 4 variants, "
+                            "seeds 0..6 unless --seeds")
     train.add_argument("--dataset", choices=sorted(DATASETS), default="digits", help="data set (digits needs no download)")
     train.add_argument("--validation", type=_fraction_or_count,
                        help="fraction (0.1) or count (5000) of the training set held out to pick the best "
@@ -362,12 +483,22 @@ def _add_train(sub):
                        help="epochs after which the lr is multiplied by gamma (default: the recipe's, scaled "
                             "by --epochs / the recipe's epochs and rounded down)")
     train.add_argument("--gamma", type=_finite_float, help="learning-rate factor at each milestone")
-    train.add_argument("--seeds", type=int, nargs="*", default=[0], help="seeds, one run each (paper: 0 1 2 3 4 5 6)")
+    train.add_argument("--seeds", type=int, nargs="*", help="seeds, one run each (paper: 0 1 2 3 4 5 6; --paper: those) (default: 0)")
     train.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto: mixed_float16 on a GPU, float32 on a CPU")
     train.add_argument("--jit-compile", action=argparse.BooleanOptionalAction,
                        help="XLA compilation (default: on with a GPU, off on a CPU, whichever is faster)")
     train.add_argument("--mirrored", action="store_true", help="train on every local GPU with MirroredStrategy")
+    train.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"), default="default",
+                       help="mirrored: every local GPU; multi-worker: one run data-parallel over the machines of "
+                            "the standard TF_CONFIG (MultiWorkerMirroredStrategy)")
+    train.add_argument("--chief", metavar="HOST:PORT",
+                       help="serve the grid of runs (keras-tuner's distributed oracle) on HOST:PORT; workers train them")
+    train.add_argument("--worker", metavar="HOST:PORT", help="train runs of the grid served by the chief at HOST:PORT")
+    train.add_argument("--worker-id", help="this worker's unique name, e.g. gpu0")
+    train.add_argument("--patience", type=_finite_float, default=60.0,
+                       help="seconds of silence after which a worker stops, the chief hands a worker's run to "
+                            "another, and a chief with no run going and no worker ends")
     train.add_argument("--output", help="output directory (default runs/<date-time>)")
     train.add_argument("--resume", action="store_true",
                        help="continue the runs in --output from their last finished epoch (a new directory "
@@ -392,16 +523,11 @@ def _add_data_options(command):
 
 def _check_tune(args):
     """The names, the search space and the chief's address, checked before TensorFlow is imported."""
-    from nestzoo.tuning import cluster, space
+    from nestzoo.tuning import space
 
     space.check_choice("tuner", args.tuner, space.TUNERS)
     space.check_choice("objective", args.objective, space.OBJECTIVES)
-    if args.chief and args.worker:
-        raise ValueError("give --chief or --worker, not both")
-    address = args.chief or args.worker
-    args.cluster = address and cluster.environment(address, None if args.chief else (args.worker_id or ""))
-    if args.chief:
-        cluster.check_port(args.cluster["KERASTUNER_ORACLE_IP"], args.cluster["KERASTUNER_ORACLE_PORT"])
+    _cluster(args)
     stages = None if args.inputs == "vector" else len(args.blocks)
     widths = args.width
     if len(widths) % 2 or (len(widths) > 2 and len(widths) != 2 * (stages or 1)):
@@ -505,17 +631,52 @@ def _add_summary(sub):
 
 
 def _add_evaluate(sub):
-    evaluate = sub.add_parser("evaluate", help="test accuracy of a run's model (or a .keras file) on a data set",
+    evaluate = sub.add_parser("evaluate", help="test accuracy of a run's model, a .keras file or a preset on a "
+                                               "data set (a preset's: measured beside published)",
                               formatter_class=_HelpFormatter)
-    evaluate.add_argument("model", metavar="RUN_DIR_OR_MODEL",
-                          help="a run directory (runs/<date-time>/resnet20.a-resnest/seed0) or a .keras file")
+    evaluate.add_argument("model", metavar="RUN_DIR_OR_MODEL_OR_PRESET",
+                          help="a run directory (runs/<date-time>/resnet20.a-resnest/seed0), a .keras file, or a "
+                               "preset: its directory, its URL or arch.variant:dataset[:seed<k>]")
     evaluate.add_argument("--dataset", choices=sorted(DATASETS),
-                          help="data set whose test split is used (default: the run's, from its config.json; "
-                               "digits for a .keras file outside a run directory)")
+                          help="data set whose test split is used (default: the run's, from its config.json, or "
+                               "the preset's; digits for a .keras file outside a run directory)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=128, help="evaluation batch size")
     evaluate.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Keras progress")
     _add_data_options(evaluate)
     evaluate.set_defaults(run=_evaluate, check=_check_evaluate)
+
+
+def _presets(args):
+    from nestzoo import presets
+
+    rows = presets.list_presets(args.pattern)
+    if not rows and args.pattern:
+        raise ValueError(f"no installed preset matches {args.pattern!r}; `nestzoo presets` lists them all")
+    print(presets.format_presets(rows))
+
+
+def _publish(args):
+    from nestzoo import presets
+
+    print(f"preset written to {presets.publish(args.run_dir, name=args.name, output=args.output)}")
+
+
+def _add_presets(sub):
+    command = sub.add_parser("presets", help="list the installed presets (trained weights by name) with accuracy, "
+                                             "parameters and source")
+    command.add_argument("pattern", nargs="?", help="only arch.variant names matching this wildcard or text; "
+                                                    "with a '/', arch.variant/dataset-seed<k>")
+    command.set_defaults(run=_presets, tensorflow=False)
+
+
+def _add_publish(sub):
+    command = sub.add_parser("publish", help="make a preset from a finished run (like keras-hub's save_to_preset)",
+                             formatter_class=_HelpFormatter)
+    command.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (model.keras, summary.json)")
+    command.add_argument("--name", help="the preset's folder name (default <dataset>-seed<s>)")
+    command.add_argument("--output", type=Path, help="folder receiving <arch.variant>/<name>/ (default "
+                                                     "$NESTZOO_HOME/presets, NESTZOO_HOME default ~/.nestzoo)")
+    command.set_defaults(run=_publish)
 
 
 def _add_analyze(sub):
@@ -532,6 +693,48 @@ def _add_analyze(sub):
     analyze.set_defaults(run=_analyze)
 
 
+def _convert(args):
+    from nestzoo import convert
+
+    try:
+        written = convert.from_reference(args.path, args.output, arch=args.arch, variant=args.variant,
+                                         dataset=args.dataset, seed=args.seed)
+    except ImportError as error:  # PyTorch missing: the message says what to install
+        raise ValueError(str(error)) from error
+    print(f"{len(written)} preset{'s' if len(written) != 1 else ''} in "
+          f"{written[0].parent.parent if len(written) > 1 else written[0]}")
+
+
+def _check_convert(args):
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed must be 0 or more; got {args.seed}")
+
+
+def _add_convert(sub):
+    from nestzoo import convert  # pure data at import (no TensorFlow, no PyTorch)
+
+    command = sub.add_parser(
+        "convert", help="convert the reference implementation's trained checkpoints (last_model.pt) into presets",
+        description="Read the PyTorch state dicts of the paper's reference implementation (torch.load with "
+                    "weights_only=True; needs pip install nestzoo[torch]), map every tensor strictly onto the "
+                    "nestzoo model and write each as a preset with its provenance. The arch, variant, data set "
+                    f"and seed come from the folder names ({convert.FOLDER_PATTERN}); the flags override them. "
+                    "Presets already converted from the same file are skipped.",
+        formatter_class=_HelpFormatter)
+    command.add_argument("path", metavar="PATH",
+                         help="a last_model.pt, a <model>_seed=<s> folder, or the checkpoint/ folder of them")
+    command.add_argument("--output", type=Path,
+                         help="folder receiving <arch.variant>/<dataset>-seed<s>/ presets "
+                              "(default: $NESTZOO_HOME/presets, NESTZOO_HOME default ~/.nestzoo)")
+    command.add_argument("--arch", choices=sorted(convert.ARCHS.values()), help="override the folder name's arch")
+    command.add_argument("--variant", choices=list(convert.VARIANTS.values()),
+                         help="override the folder name's variant")
+    command.add_argument("--dataset", choices=sorted(convert.CLASSES), help="override the folder name's data set")
+    command.add_argument("--seed", type=int, help="override the folder name's seed (default 0 for a file "
+                                                  "outside a reference folder)")
+    command.set_defaults(run=_convert, check=_check_convert)
+
+
 def parser():
     """The argument parser of every ``nestzoo`` subcommand.
 
@@ -544,7 +747,7 @@ def parser():
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_models, _add_summary, _add_train, _add_tune, _add_evaluate, _add_export, _add_predict,
-                _add_analyze):
+                _add_analyze, _add_convert, _add_presets, _add_publish):
         add(sub)
     return p
 

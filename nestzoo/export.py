@@ -1,9 +1,11 @@
-"""SavedModel export for serving with TensorFlow Serving (TensorFlow only).
+"""SavedModel export for serving with TensorFlow Serving, and ONNX / LiteRT exports (TensorFlow only).
 
     from nestzoo import export
     export.export("runs/quick/resnet20.a-resnest/seed0")        # saved_models/resnet20_a-resnest/<next>/
     export.export(model, "saved_models", dataset="cifar10", name="mine", version=3)
     export.export_saved_model(model, "somewhere/1", dataset="digits")   # one exact directory
+    export.export(run_dir, format="onnx")                  # .../<next>/model.onnx, nestzoo.json beside
+    export.export(run_dir, format="litert", quantize="int8", calibration=256)   # see nestzoo.runtimes
 
 The serving contract (``saved_models/README.md``):
 
@@ -114,7 +116,8 @@ def _servable_identity(model, where):
 
 
 def load_source(source):
-    """A checked `Source` from a keras.Model, a .keras file, or a run directory (holding model.keras, config.json).
+    """A checked `Source` from a keras.Model, a .keras file, a run directory (holding model.keras, config.json)
+    or a preset directory (`nestzoo.presets`).
 
     The one gate of every export: a model nestzoo did not build, one without its top
     and one holding non-finite weights are refused here. A .keras file inside a run
@@ -129,6 +132,16 @@ def load_source(source):
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(f"expected a keras.Model, a .keras file or a run directory, got {type(source).__name__}")
     path = Path(source)
+    from nestzoo import presets
+
+    if presets.is_preset(path):
+        # a preset (nestzoo convert / publish): its data set and measured accuracy
+        model = presets.load_preset(path)
+        _, metadata = presets.read_preset(path, verify=False)  # verified as the weights were loaded
+        accuracy = metadata.get("test_accuracy")
+        return Source(model, _servable_identity(model, repr(str(path))), path=path,
+                      config={"data": metadata.get("dataset"), "preset": metadata},
+                      summary={} if accuracy is None else {"test_accuracy": accuracy / 100})
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
             raise ValueError(f"{str(path)!r} is a SavedModel already; give a run directory or a .keras file")
@@ -622,6 +635,121 @@ def export_saved_model(model, directory, *, dataset=None, task=None, fold_batch_
     return directory
 
 
+def _examples(dataset):
+    """(train, test) uint8 images and labels of a nestzoo data set, as arrays."""
+    from nestzoo.data.sources import load_examples
+
+    examples = load_examples(get_spec(dataset))
+    arrays = []
+    for split in (examples.train, examples.test):
+        images, labels = zip(*split.as_numpy_iterator())
+        arrays.append((np.stack(images).astype(np.uint8), np.asarray(labels)))
+    return arrays
+
+
+def _calibration_images(module, calibration):
+    """The representative uint8 images of an int8 export: `calibration` uint8 images, or a count N of the
+    first N of the run's data set's training images; refused without data to calibrate on."""
+    if calibration is None or (isinstance(calibration, int) and not isinstance(calibration, bool)
+                               and calibration < 1):
+        raise ValueError("--quantize int8 calibrates on representative images: give --calibration N (N >= 1 "
+                         "training images of the run's data set; 100-500 is typical) or calibration= an array "
+                         "of uint8 images")
+    if isinstance(calibration, int) and not isinstance(calibration, bool):
+        if module.dataset is None:
+            raise ValueError("--calibration N draws N training images of the run's data set, and this model "
+                             "names none: export a run directory, give --dataset, or pass calibration= images")
+        (images, _), _ = _examples(module.dataset)
+        return images[:calibration]
+    images = np.asarray(calibration)
+    if images.dtype != np.uint8 or images.shape[1:] != tuple(s or images.shape[i + 1] for i, s in
+                                                               enumerate(module.input_shape)) or not len(images):
+        raise ValueError(f"calibration images must be a non-empty uint8 array (N, "
+                         f"{', '.join(map(str, module.input_shape))}), got {images.dtype} {images.shape}")
+    return images
+
+
+def export_converted(model, directory, *, format, quantize=None, calibration=None, dataset=None, task=None,
+                     tolerance=None, threads=None):
+    """Write one ONNX or LiteRT version (`<directory>/model.onnx` or `model.tflite`, `nestzoo.json` beside).
+
+    The float conversion is run in its runtime (onnxruntime, the ai_edge_litert
+    interpreter) on a fixed batch and refused (`runtimes.ConversionMismatch`) when an
+    output differs from the Keras model's by more than `tolerance` (default 1e-4) or a
+    class id differs. quantize="int8": a statically quantized model calibrated on
+    `calibration` (a count N of the data set's training images or uint8 images); its
+    accuracy and the float model's on the data set's test set are measured and written
+    to the metadata. The version is written beside `directory` and renamed into place.
+    """
+    from nestzoo import runtimes
+
+    runtimes.check_format(format)
+    if format == "saved_model":
+        raise ValueError("export_converted writes onnx or litert; use export_saved_model for saved_model")
+    if quantize not in (None, *runtimes.QUANTIZATIONS):
+        raise ValueError(f"unknown quantization {quantize!r}: choose {', '.join(runtimes.QUANTIZATIONS)} or none")
+    if calibration is not None and not quantize:
+        raise ValueError("--calibration gives the images an int8 model is calibrated on: add --quantize int8")
+    runtimes.require(format)
+    directory = Path(directory)
+    if directory.exists():
+        raise ValueError(f"{str(directory)!r} exists; an export never overwrites a version: choose another "
+                         "directory or version")
+    module = serving_module(model, dataset=dataset, task=task)
+    if module.task != "classification" or len(module.input_shape) != 3:
+        raise ValueError(f"the {format} export serves image classifiers (uint8 images in, probabilities, class_ids "
+                         "and logits out); export this model as a saved_model")
+    representative = _calibration_images(module, calibration) if quantize else None
+    reference = serving_module(module.source, dataset=module.dataset, fold_batch_norm=False)  # the Keras model
+    batch = runtimes.verification_batch(module.input_shape)
+    expected = {k: v.numpy() for k, v in reference.serve(tf.constant(batch)).items()}
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(directory.parent)
+    tmp = directory.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        file = tmp / runtimes.FILES[format]
+        float_file = tmp / ("float-" + file.name) if quantize else file
+        if format == "onnx":
+            runtimes.to_onnx(module, float_file)
+        else:
+            runtimes.to_litert(module, float_file)
+        float_runtime = runtimes.Runtime(float_file, threads)
+        record = metadata(module)
+        record.update(format=format, file=file.name, quantization=quantize,
+                      verification=runtimes.verify(float_runtime, expected, batch,
+                                                   runtimes.TOLERANCE if tolerance is None else tolerance))
+        if quantize:
+            batches = [image[None] for image in representative]
+            if format == "onnx":
+                runtimes.quantize_onnx(float_file, file, batches)
+            else:
+                runtimes.to_litert(module, file, batches)
+            quantized = runtimes.Runtime(file, threads)
+            worst, differing = runtimes.compare(expected, quantized(batch))
+            _, (images, labels) = _examples(module.dataset)
+            record["int8"] = {
+                "calibration_images": len(representative),
+                "calibration": "the first N training images of " + str(module.dataset)
+                if isinstance(calibration, int) else "images given",
+                "test_images": len(images), "dataset": module.dataset,
+                "test_accuracy": runtimes.accuracy(quantized, images, labels),
+                "float_test_accuracy": runtimes.accuracy(float_runtime, images, labels),
+                "fixed_batch": {"max_abs_difference": worst, "class_ids_differing": differing}}
+            record["int8"]["accuracy_drop_points"] = 100 * (record["int8"]["float_test_accuracy"]
+                                                            - record["int8"]["test_accuracy"])
+            del float_runtime
+            float_file.unlink()
+        (tmp / METADATA_FILE).write_text(json.dumps(record, indent=1))
+        if directory.exists():
+            raise FileExistsError(f"{str(directory)!r} appeared during the export; it was not overwritten")
+        os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
 def versions(base):
     """The integer versions in a TF Serving model directory, sorted."""
     base = Path(base)
@@ -634,12 +762,23 @@ def default_name(source):
 
 
 def export(model, base_dir="saved_models", *, name=None, version=None, dataset=None, task=None,
-           fold_batch_norm=DEFAULT_FOLD_BATCH_NORM, jit_compile=DEFAULT_JIT_COMPILE):
+           fold_batch_norm=DEFAULT_FOLD_BATCH_NORM, jit_compile=DEFAULT_JIT_COMPILE, format="saved_model",
+           quantize=None, calibration=None):
     """Export into TF Serving's layout ``base_dir/<name>/<version>/``; returns the version's Path.
 
     name: default the registry name ("resnet20_a-resnest"). version: default the next
-    integer after the existing ones; an existing version is refused.
+    integer after the existing ones; an existing version is refused. format:
+    "saved_model" (default), "onnx" or "litert" (`export_converted`, which takes
+    quantize="int8" and calibration=).
     """
+    from nestzoo import runtimes
+
+    runtimes.check_format(format)
+    if format == "saved_model" and (quantize or calibration is not None):
+        raise ValueError("--quantize and --calibration apply to the onnx and litert formats: add --format onnx "
+                         "or --format litert")
+    if format != "saved_model":
+        runtimes.require(format)  # before loading the model: a missing extra is said at once
     source = load_source(model)
     name = name or default_name(source)
     if not name or name.startswith(".") or "/" in name or os.sep in name:
@@ -650,25 +789,44 @@ def export(model, base_dir="saved_models", *, name=None, version=None, dataset=N
     elif (base / str(positive_int("version", version))).exists():
         raise ValueError(f"{str(base / str(version))!r} exists; an export never overwrites a version: choose "
                          f"another --version or leave it out for the next ({(versions(base) or [0])[-1] + 1})")
+    if format != "saved_model":
+        return export_converted(source, base / str(version), format=format, quantize=quantize,
+                                calibration=calibration, dataset=dataset, task=task)
     return export_saved_model(source, base / str(version), dataset=dataset, task=task,
                               fold_batch_norm=fold_batch_norm, jit_compile=jit_compile)
 
 
+def export_format(version):
+    """The format a version directory holds, from its files: "saved_model", "onnx", "litert" or None."""
+    version = Path(version)
+    if (version / "saved_model.pb").is_file():
+        return "saved_model"
+    for format, file in (("onnx", "model.onnx"), ("litert", "model.tflite")):
+        if (version / file).is_file():
+            return format
+    return None
+
+
 def read_metadata(export_dir):
-    """The metadata dict of an export (None for a SavedModel nestzoo did not write)."""
-    return read_json(Path(export_dir) / "assets" / METADATA_FILE)
+    """The metadata dict of an export (None for one nestzoo did not write): assets/nestzoo.json of a
+    SavedModel, nestzoo.json beside an ONNX or LiteRT file."""
+    export_dir = Path(export_dir)
+    if export_format(export_dir) in ("onnx", "litert"):
+        return read_json(export_dir / METADATA_FILE)
+    return read_json(export_dir / "assets" / METADATA_FILE)
 
 
 def latest_version(path):
-    """`path` if it is a SavedModel, else its highest integer version (saved_models/<name>)."""
+    """`path` if it is a version (SavedModel, ONNX or LiteRT), else its highest integer version (saved_models/<name>)."""
     path = Path(path)
-    if (path / "saved_model.pb").is_file():
+    if export_format(path):
         return path
     if not path.exists():
         raise ValueError(f"{str(path)!r} does not exist: expected {EXPORT_DIRECTORY}")
     found = versions(path)
     if not found:
-        raise ValueError(f"{str(path)!r} is neither a SavedModel (no saved_model.pb) nor a directory of versions: "
+        raise ValueError(f"{str(path)!r} is neither an export version (no saved_model.pb, model.onnx or "
+                         "model.tflite) nor a directory of versions: "
                          f"expected {EXPORT_DIRECTORY}")
     return path / str(found[-1])
 

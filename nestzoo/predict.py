@@ -1,4 +1,4 @@
-"""Predictions of an export (or a .keras model) on image files, folders or .npy arrays (TensorFlow only).
+"""Predictions of an export (SavedModel, ONNX, LiteRT) or a .keras model on image files, folders or .npy arrays.
 
     from nestzoo.predict import Predictor, read_inputs
     predictor = Predictor("saved_models/resnet20_a-resnest")      # the latest version
@@ -37,11 +37,27 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 class Predictor:
-    """The serving function of an export directory (a version, or saved_models/<name>: its latest) or a .keras file."""
+    """The serving function of an export directory (a version, or saved_models/<name>: its latest) or a .keras file.
+
+    A version holding model.onnx runs in onnxruntime, one holding model.tflite in the
+    ai_edge_litert interpreter, a SavedModel in TensorFlow (`format` says which).
+    """
 
     def __init__(self, path, dataset=None):
         path = Path(path)
-        if path.is_dir() and not (path / "model.keras").is_file():
+        version = export.latest_version(path) if path.is_dir() and not (path / "model.keras").is_file() else None
+        self.format = export.export_format(version) if version else "keras"
+        if self.format in ("onnx", "litert"):
+            from nestzoo.runtimes import FILES, Runtime
+
+            self.path, runtime = version, Runtime(version / FILES[self.format])
+            self.metadata = export.read_metadata(version) or {}
+            self.input_name = runtime.input_name
+            self._call = runtime
+            self.shape, self.dtype = runtime.shape, np.uint8
+            self.is_image = len(self.shape) == 3
+            return
+        if version:
             self.path, loaded = export.load_export(path)
             if "serving_default" not in loaded.signatures:
                 raise ValueError(f"{str(self.path)!r} has no serving_default signature")
@@ -65,7 +81,7 @@ class Predictor:
         """{output name: numpy array} of a checked, non-empty batch, run in chunks of BATCH."""
         if not len(batch):
             raise ValueError("the batch is empty: give at least one input")
-        parts = [{k: v.numpy() for k, v in self._call(batch[i:i + BATCH]).items()}
+        parts = [{k: np.asarray(v) for k, v in self._call(batch[i:i + BATCH]).items()}
                  for i in range(0, len(batch), BATCH)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 

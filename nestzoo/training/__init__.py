@@ -26,6 +26,7 @@ _ATTRIBUTES = {
     "nestzoo.training.callbacks": ("TrainingDiverged", "explosion_bound"),
     "nestzoo.training.checkpoint": ("CheckpointError", "CommitError", "FolderInUse", "claim"),
     "nestzoo.training.folder": ("InexactResume",),
+    "nestzoo.training.grid": ("run_grid",),
     "nestzoo.training.report": ("results_markdown", "results_rows", "write_results"),
     "nestzoo.training.run": ("TrainingInterrupted", "train"),
     "nestzoo.training.runtime": ("PRECISIONS", "resolve_jit_compile", "resolve_precision"),

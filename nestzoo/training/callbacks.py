@@ -1,11 +1,51 @@
 """The callbacks of a run: the divergence guard and the epoch commits (``nestzoo.training.checkpoint``)."""
 import math
+import signal
+import threading
 import time
 
 import keras
 import tensorflow as tf
 
 from nestzoo.training import checkpoint, folder, report
+
+
+class DeferredInterrupt(keras.callbacks.Callback):
+    """Ctrl-C (SIGINT) during `model.fit`, raised as KeyboardInterrupt at the next batch's end.
+
+    Python raises KeyboardInterrupt wherever the main thread is, and code that catches
+    every exception there (Keras's trace-time structure checks do) can swallow it, so the
+    run would go on. As a context manager around fit, this installs a handler that only
+    records the signal; the callback raises it between steps, where nothing catches it.
+    A second Ctrl-C raises at once. Outside the main thread it does nothing.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.pending, self._previous = False, None
+
+    def _record(self, signum, frame):
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._record)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        if self.pending and exc[0] is None:
+            raise KeyboardInterrupt  # pressed during fit's last step: the run stops here
+
+    def _raise_if_pending(self, *args, **kwargs):
+        if self.pending:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = _raise_if_pending
 
 
 class TrainingDiverged(RuntimeError):

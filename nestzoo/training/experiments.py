@@ -1,4 +1,5 @@
-"""Several runs at once: models x seeds, summarized as the paper's Tables 1 and 2; and testing a saved model."""
+"""Several runs at once: models x seeds, summarized as the paper's Tables 1 and 2; and testing a saved model
+or a preset."""
 from pathlib import Path
 
 import keras
@@ -60,3 +61,24 @@ def evaluate(model, data="digits", *, batch_size=128, verbose="auto", **load_opt
         test = given.test
     loss, accuracy = model.evaluate(test, verbose=verbose)
     return {"loss": float(loss), "accuracy": float(accuracy)}
+
+
+def evaluate_preset(preset, data=None, *, batch_size=128, verbose="auto", **load_options):
+    """Test accuracy of a preset (`nestzoo.presets.load_preset`: a directory, a URL or
+    "arch.variant:dataset[:seed<k>]") on its data set, beside the published accuracy.
+
+    data: default the preset's data set (metadata "dataset"); anything `evaluate` takes.
+    Returns {"loss", "accuracy" (fraction), "measured_accuracy" (percent),
+    "published_accuracy" (percent or None: the paper's table cell for a converted
+    reference model), "test_accuracy" (percent the preset records, or None), "dataset", "preset"}.
+    """
+    from nestzoo import presets
+
+    directory = presets.find(preset)
+    model = presets.load_preset(directory)
+    _, metadata = presets.read_preset(directory, verify=False)
+    data = metadata["dataset"] if data is None else data
+    result = evaluate(model, data, batch_size=batch_size, verbose=verbose, **load_options)
+    return {**result, "measured_accuracy": 100 * result["accuracy"], "dataset": data if isinstance(data, str) else None,
+            "published_accuracy": metadata.get("published_accuracy"), "test_accuracy": metadata.get("test_accuracy"),
+            "preset": str(directory)}

@@ -1,14 +1,19 @@
 """What a run leaves behind: the epoch log, the summary, the curves, and the
 multi-seed results table in the form of the paper's Tables 1 and 2."""
 import csv
+import os
 import statistics
+import threading
 from pathlib import Path
+
+from nestzoo.published import published_accuracy
+from nestzoo.training.checkpoint import atomic_write_text
 
 
 def write_csv(path, rows):
     """Write dict rows (keys of the first row as header) under a temporary name, then rename."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # concurrent writers
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
         writer.writeheader()
@@ -96,7 +101,9 @@ def _millions(parameters):
 def results_rows(summaries):
     """One row per (data, arch, variant): test accuracy mean and sample std over seeds, in %.
 
-    The std of a single seed is undefined: None (an empty cell in results.csv).
+    The std of a single seed is undefined: None (an empty cell in results.csv). Where
+    the paper has the cell (CIFAR-10/100, its archs and variants), "published" is its
+    value (`nestzoo.published`) and "difference" the measured mean minus it; else None.
     """
     groups = {}
     for s in summaries:
@@ -114,7 +121,10 @@ def results_rows(summaries):
             "accuracy_mean": statistics.fmean(accuracies),
             "accuracy_std": statistics.stdev(accuracies) if len(runs) > 1 else None,
             "parameters": runs[0]["parameters"],
+            "published": published_accuracy(data, arch, variant),
         })
+        published = rows[-1]["published"]
+        rows[-1]["difference"] = None if published is None else rows[-1]["accuracy_mean"] - published
     return rows
 
 
@@ -128,11 +138,15 @@ def _seeds_heading(data, runs):
 
 def _cell(row):
     std = "" if row["accuracy_std"] is None else f" ± {row['accuracy_std']:.2f}"
-    return f"{row['accuracy_mean']:.2f}{std} ({_millions(row['parameters'])})"
+    cell = f"{row['accuracy_mean']:.2f}{std} ({_millions(row['parameters'])})"
+    if row.get("published") is not None:
+        cell += f"; paper {row['published']:.2f} ({row['difference']:+.2f})"
+    return cell
 
 
 def results_markdown(rows):
-    """Tables 1 and 2 of the paper: an arch per row, a variant per column, per data set."""
+    """Tables 1 and 2 of the paper: an arch per row, a variant per column, per data set; a cell the
+    paper has also gives its published value and the difference ("; paper 92.47 (-0.31)")."""
     lines = []
     for data in dict.fromkeys(r["data"] for r in rows):
         table = [r for r in rows if r["data"] == data]
@@ -175,9 +189,7 @@ def write_results(summaries, directory):
         summaries = finished_summaries(directory)
     rows = results_rows(summaries)
     markdown = results_markdown(rows)
-    tmp = Path(directory, "results.md.tmp")
-    tmp.write_text(markdown)
-    tmp.replace(Path(directory, "results.md"))
+    atomic_write_text(Path(directory, "results.md"), markdown)  # workers of a grid write concurrently
     write_csv(Path(directory, "results.csv"), rows)
     return markdown
 

@@ -38,7 +38,7 @@ from nestzoo.data import splits
 from nestzoo.recipe import get_recipe
 from nestzoo.saving import load_model
 from nestzoo.training import checkpoint, folder, report
-from nestzoo.training.callbacks import DivergenceGuard, RunState, TrainingDiverged
+from nestzoo.training.callbacks import DeferredInterrupt, DivergenceGuard, RunState, TrainingDiverged
 from nestzoo.training.runtime import dtype_policy, environment, resolve_jit_compile, resolve_precision, warn_if_slow
 
 
@@ -269,18 +269,22 @@ def _fit(run, state, verbose):
     run_state.set_model(model)
     _restore(run, run_state)
     classes = data.num_classes or (model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None)
+    interrupt = DeferredInterrupt()
     callbacks = [
         DivergenceGuard(run.name, run.resnest, recipe.initial_learning_rate(run.resnest), schedule,
                         data.steps_per_epoch, classes, run.run_dir),
         run_state,  # also writes log.csv and the TensorBoard scalars, in its writer thread
+        interrupt,
     ]
     if data.epochs:
         train_data, steps = data.epochs(state["epoch"], recipe.epochs), data.steps_per_epoch
     else:
         train_data, steps = data.train, None
     try:
-        model.fit(train_data, validation_data=data.validation, epochs=recipe.epochs, initial_epoch=state["epoch"],
-                  steps_per_epoch=steps, callbacks=callbacks, verbose=verbose, shuffle=False)
+        with interrupt:
+            model.fit(train_data, validation_data=data.validation, epochs=recipe.epochs,
+                      initial_epoch=state["epoch"], steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
+                      shuffle=False)
         run_state.committer.wait()
     except TrainingDiverged:
         _wait_quietly(run_state)

@@ -68,3 +68,22 @@ def ping(client, trial_id, timeout):
         client.stub.GetSpace(service.GetSpaceRequest(), timeout=timeout)
     else:
         client.stub.GetTrial(service.GetTrialRequest(trial_id=trial_id), timeout=timeout)
+
+
+def rebuild_grid_order(oracle):
+    """After a reload, rebuild a GridSearchOracle's walk of the grid (its private ``_ordered_ids``
+    linked list and ``_populate_next`` queue), which keras-tuner 1.4 does not save: without it a
+    reloaded grid fails on its next trial (KeyError of a trial id). Every known trial, in grid
+    order (the oracle's own ``_compare``), is a point from which the walk continues."""
+    import functools
+
+    from keras_tuner.src.tuners.gridsearch import LinkedList
+
+    def compare(a, b):
+        return oracle._compare(oracle.trials[a].hyperparameters.values, oracle.trials[b].hyperparameters.values)
+
+    ids = sorted(oracle.trials, key=functools.cmp_to_key(compare))
+    oracle._ordered_ids = LinkedList()
+    for trial_id in ids:
+        oracle._ordered_ids.insert(trial_id)
+    oracle._populate_next = list(ids)
