@@ -300,7 +300,7 @@ def test_a_chief_on_a_port_in_use_is_refused_at_once(tmp_path, capsys):
 def test_the_same_seed_gives_the_same_trials_and_scores_in_two_sweeps_at_once(tmp_path):
     """Two `nestzoo tune` started together with one --seed: the same widths and the same scores."""
     sweeps = [tmp_path / "a", tmp_path / "b"]
-    processes = [_tune(*TINY_IMAGE, "--max-trials", "2", "--seed", "3", "--output", str(d)) for d in sweeps]
+    processes = [_tune(*TINY_IMAGE, "--max-trials", "1", "--seed", "3", "--output", str(d)) for d in sweeps]
     try:
         outputs = [p.communicate(timeout=240)[0] for p in processes]
     finally:

@@ -22,7 +22,7 @@ multi-worker guide: ``{"cluster": {"chief": [...], "worker": [...]}, "task": {"t
 
 The reproduction: ``python -m nestzoo.training.multiworker`` starts two workers on
 loopback ports, tries ``model.fit`` then a ``strategy.run`` step in each, and prints
-one line per try (tests/test_training_multiworker.py checks it, so a fixed Keras shows).
+one line per try (run it after an upgrade: a fixed Keras shows there).
 """
 import json
 import os
