@@ -20,6 +20,7 @@ full-integer quantization) and times each file in its runtime with 2 threads, al
 interleaved in one process. The int8 models are calibrated on 64 random uint8 images
 (the model is untrained; speed does not depend on the weights' values, accuracy is
 measured by ``nestzoo export --quantize int8`` on a trained run).
+benchmarks/onnx_int8_profile.py profiles onnxruntime's float and int8 models per op type.
 """
 import argparse
 import os
@@ -40,7 +41,8 @@ from nestzoo import export  # noqa: E402
 
 def interleaved(calls, batch, rounds, per_round, warmup):
     """{name: [seconds of each call]}: every call runs `per_round` times per round, in turn, so the
-    drift of a shared CPU's speed reaches every candidate alike."""
+    drift of a shared CPU's speed reaches every candidate alike; each turn starts with an untimed
+    call, since the first call after another runtime's is slower (onnxruntime's by up to 40%)."""
     for call in calls.values():
         for _ in range(warmup):
             call(batch[call])
@@ -48,6 +50,7 @@ def interleaved(calls, batch, rounds, per_round, warmup):
     for _ in range(rounds):
         for name, call in calls.items():
             x = batch[call]
+            call(x)
             for _ in range(per_round):
                 start = time.perf_counter()
                 call(x)
@@ -100,7 +103,8 @@ def runtime_calls(model, tmp, threads=2):
                                                                                   dtype=np.uint8)]
     onnx_float = runtimes.to_onnx(module, Path(tmp, "float.onnx"))
     files = {"onnxruntime float": onnx_float,
-             "onnxruntime int8 (QDQ)": runtimes.quantize_onnx(onnx_float, Path(tmp, "int8.onnx"), representative),
+             "onnxruntime int8 (QDQ, uint8 activations)": runtimes.quantize_onnx(onnx_float, Path(tmp, "int8.onnx"),
+                                                                                 representative),
              "LiteRT float (XNNPACK)": runtimes.to_litert(module, Path(tmp, "float.tflite")),
              "LiteRT int8 (full integer)": runtimes.to_litert(module, Path(tmp, "int8.tflite"), representative)}
     calls = {}

@@ -230,6 +230,9 @@ def _train(args):
         sys.stderr.write(f"\nnestzoo train: interrupted; {stop.run_dir} has epoch {stop.epoch} of {stop.epochs} "
                          f"committed. Continue with: {_resume_command(args.argv, output)}\n")
         sys.exit(130)
+    if None in summaries:  # a multi-worker run's non-chief worker
+        print(f"{len(summaries)} run(s) trained with the cluster of TF_CONFIG; the chief wrote them")
+        return
     _print_runs(summaries, output)
     if len(summaries) > 1:
         print("\n" + training.results_markdown(training.results_rows(summaries)))
@@ -765,7 +768,7 @@ def main(argv=None):
         args.run(args)
     except (ValueError, DatasetNotFoundError, FileNotFoundError) as error:  # CheckpointError is a ValueError
         p.exit(2, f"nestzoo {args.command}: error: {error}\n")
-    except (training.TrainingDiverged, OSError) as error:  # OSError: CommitError (a full or read-only disk)
+    except (training.TrainingDiverged, training.WorkerLost, OSError) as error:  # OSError: CommitError
         p.exit(1, f"nestzoo {args.command}: {error}\n")
     except KeyboardInterrupt:
         p.exit(130, f"\nnestzoo {args.command}: interrupted\n")

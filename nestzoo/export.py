@@ -673,13 +673,15 @@ def export_converted(model, directory, *, format, quantize=None, calibration=Non
                      tolerance=None, threads=None):
     """Write one ONNX or LiteRT version (`<directory>/model.onnx` or `model.tflite`, `nestzoo.json` beside).
 
-    The float conversion is run in its runtime (onnxruntime, the ai_edge_litert
-    interpreter) on a fixed batch and refused (`runtimes.ConversionMismatch`) when an
-    output differs from the Keras model's by more than `tolerance` (default 1e-4) or a
-    class id differs. quantize="int8": a statically quantized model calibrated on
-    `calibration` (a count N of the data set's training images or uint8 images); its
-    accuracy and the float model's on the data set's test set are measured and written
-    to the metadata. The version is written beside `directory` and renamed into place.
+    A LiteRT file holds the signatures serving_default and standardized, an ONNX file
+    the first only (`nestzoo.runtimes`). The float conversion is run in its runtime
+    (onnxruntime, the ai_edge_litert interpreter), each signature on a fixed batch, and
+    refused (`runtimes.ConversionMismatch`) when an output differs from the Keras
+    model's by more than `tolerance` (default 1e-4) or a class id differs.
+    quantize="int8": a statically quantized model calibrated on `calibration` (a count
+    N of the data set's training images or uint8 images); its accuracy and the float
+    model's on the data set's test set are measured and written to the metadata. The
+    version is written beside `directory` and renamed into place.
     """
     from nestzoo import runtimes
 
@@ -716,9 +718,9 @@ def export_converted(model, directory, *, format, quantize=None, calibration=Non
             runtimes.to_litert(module, float_file)
         float_runtime = runtimes.Runtime(float_file, threads)
         record = metadata(module)
-        record.update(format=format, file=file.name, quantization=quantize,
-                      verification=runtimes.verify(float_runtime, expected, batch,
-                                                   runtimes.TOLERANCE if tolerance is None else tolerance))
+        record.update(format=format, file=file.name, quantization=quantize, signatures=float_runtime.signatures,
+                      verification=runtimes.verify(float_file, expected, runtimes.entry_inputs(module, batch),
+                                                   runtimes.TOLERANCE if tolerance is None else tolerance, threads))
         if quantize:
             batches = [image[None] for image in representative]
             if format == "onnx":
@@ -738,6 +740,9 @@ def export_converted(model, directory, *, format, quantize=None, calibration=Non
                 "fixed_batch": {"max_abs_difference": worst, "class_ids_differing": differing}}
             record["int8"]["accuracy_drop_points"] = 100 * (record["int8"]["float_test_accuracy"]
                                                             - record["int8"]["test_accuracy"])
+            if "standardized" in quantized.signatures:  # LiteRT: its second signature, quantized on its own
+                record["int8"]["standardized_test_accuracy"] = runtimes.accuracy(
+                    runtimes.Runtime(file, threads, "standardized"), runtimes.standardize(module, images), labels)
             del float_runtime
             float_file.unlink()
         (tmp / METADATA_FILE).write_text(json.dumps(record, indent=1))

@@ -74,6 +74,42 @@ def test_float_exports_follow_the_contract_and_equal_the_keras_model(run_dir, ex
             np.testing.assert_array_equal(out["class_ids"], np.argmax(expected[:size], -1))
 
 
+def test_litert_carries_the_standardized_signature_and_onnx_only_serving_default(run_dir, exported):
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = keras.models.load_model(run_dir / "model.keras")
+    x = digits_test_images(37)
+    expected = model.predict(standardize(x), verbose=0)
+    outputs = sorted(runtimes.OUTPUTS)
+    for quantize in (None, "int8"):
+        version = exported[("litert", quantize)]
+        interpreter = Interpreter(model_path=str(version / "model.tflite"))  # as a client would
+        assert interpreter.get_signature_list() == {"serving_default": {"inputs": ["images"], "outputs": outputs},
+                                                    "standardized": {"inputs": ["inputs"], "outputs": outputs}}
+        run = interpreter.get_signature_runner("standardized")
+        (detail,) = run.get_input_details().values()
+        assert detail["dtype"] == np.float32 and detail["shape_signature"].tolist() == [-1, 8, 8, 1]
+        out = run(inputs=standardize(x))
+        assert sorted(out) == outputs and out["probabilities"].shape == (37, 10)
+        meta = export.read_metadata(version)
+        assert meta["signatures"] == ["serving_default", "standardized"]
+        if quantize is None:  # the float entry equals the Keras model, checked at export too
+            np.testing.assert_allclose(out["probabilities"], expected, atol=1e-4)
+            np.testing.assert_array_equal(out["class_ids"], np.argmax(expected, -1))
+            checks = meta["verification"]["signatures"]
+            assert sorted(checks) == ["serving_default", "standardized"], checks
+            assert all(c["max_abs_difference"] <= runtimes.TOLERANCE for c in checks.values()), checks
+        else:  # calibrated on the standardized calibration images: within the int8 bound
+            q = meta["int8"]
+            assert 100 * (q["float_test_accuracy"] - q["standardized_test_accuracy"]) <= 1.0, q
+        assert runtimes.Runtime(version / "model.tflite").input_name == "images"  # predict's entry
+    onnx = exported[("onnx", None)]
+    assert export.read_metadata(onnx)["signatures"] == ["serving_default"]
+    assert list(export.read_metadata(onnx)["verification"]["signatures"]) == ["serving_default"]
+    with pytest.raises(ValueError, match="has no signature 'standardized': choose one of serving_default"):
+        runtimes.Runtime(onnx / "model.onnx", signature="standardized")
+
+
 def test_int8_accuracy_is_measured_and_within_a_point(exported):
     for format in ("onnx", "litert"):
         meta = export.read_metadata(exported[(format, "int8")])
@@ -151,5 +187,13 @@ def test_refusals(nestzoo_cli, run_dir, tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(runtimes.Runtime, "__call__", perturbed)
         with pytest.raises(runtimes.ConversionMismatch, match="largest difference 0.001 .allowed 0.0001"):
+            export.export(run_dir, tmp_path, format="litert")
+
+    def standardized_perturbed(self, batch):  # only the second signature converted wrong
+        return perturbed(self, batch) if self.signature == "standardized" else real_call(self, batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runtimes.Runtime, "__call__", standardized_perturbed)
+        with pytest.raises(runtimes.ConversionMismatch, match="litert conversion's standardized signature differs"):
             export.export(run_dir, tmp_path, format="litert")
     assert not os.listdir(tmp_path / NAME)  # nothing half-written

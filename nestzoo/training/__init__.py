@@ -9,7 +9,8 @@
 
 Modules: ``run`` (`train`, in four steps), ``callbacks`` (the divergence guard, the epoch
 commits), ``checkpoint`` (commit records, folder claims, JSON reading), ``folder`` (the run
-directory's checks and final files), ``runtime`` (precision, XLA, the setup that
+directory's checks and final files), ``grid`` (a table's runs over workers), ``multiworker``
+(one run across workers), ``runtime`` (precision, XLA, the setup that
 exactness depends on), ``report`` (logs, curves, tables), ``experiments`` (seeds, evaluate).
 The data comes through ``nestzoo.data.splits``.
 
@@ -27,6 +28,7 @@ _ATTRIBUTES = {
     "nestzoo.training.checkpoint": ("CheckpointError", "CommitError", "FolderInUse", "claim"),
     "nestzoo.training.folder": ("InexactResume",),
     "nestzoo.training.grid": ("run_grid",),
+    "nestzoo.training.multiworker": ("WorkerLost",),
     "nestzoo.training.report": ("results_markdown", "results_rows", "write_results"),
     "nestzoo.training.run": ("TrainingInterrupted", "train"),
     "nestzoo.training.runtime": ("PRECISIONS", "resolve_jit_compile", "resolve_precision"),

@@ -8,7 +8,7 @@ import tensorflow as tf
 from nestzoo.data import splits
 from nestzoo.saving import load_model
 from nestzoo.specs import positive_int
-from nestzoo.training import folder, report
+from nestzoo.training import folder, multiworker, report
 from nestzoo.training.run import check_fits, loss_for, train
 
 
@@ -19,7 +19,7 @@ def train_seeds(models, data="digits", seeds=range(7), *, output_dir, **kwargs):
     builder's ``__name__``; `kwargs` are those of `train`.
     The paper reports the mean test accuracy of seeds 0..6. results.md and results.csv
     tabulate every finished run under `output_dir`, those of earlier calls included.
-    Returns the summaries of this call's runs.
+    Returns the summaries of this call's runs (None for each on a multi-worker run's non-chief worker).
     """
     models = [models] if isinstance(models, str) or callable(models) else list(models)
     seeds = list(seeds)
@@ -28,14 +28,17 @@ def train_seeds(models, data="digits", seeds=range(7), *, output_dir, **kwargs):
     if not models or not all(isinstance(m, str) or callable(m) and not isinstance(m, keras.Model) for m in models):
         raise ValueError("models must be a non-empty list of registry names (see nestzoo.list_models()) or "
                          f"functions returning a fresh keras.Model, got {models!r}")
-    folder.check_output_dir(output_dir)
+    writes = multiworker.writes_files(kwargs.get("strategy"))  # not a multi-worker run's non-chief worker
+    if writes:
+        folder.check_output_dir(output_dir)
     summaries = [
         train(model, data, seed=seed, output_dir=Path(output_dir, getattr(model, "__name__", model), f"seed{seed}"),
               **kwargs)
         for model in models
         for seed in seeds
     ]
-    report.write_results(None, output_dir)  # every finished run in output_dir, earlier ones included
+    if writes:
+        report.write_results(None, output_dir)  # every finished run in output_dir, earlier ones included
     return summaries
 
 

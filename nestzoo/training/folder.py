@@ -49,12 +49,12 @@ def check_output_dir(path):
                          "make it writable or choose another folder (--output)") from None
 
 
-def _differences(old, new, prefix=""):
+def differences(old, new, prefix=""):
     """(dotted key, stored, given) of every differing field, nested dicts compared field by field."""
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            yield from _differences(a, b, f"{prefix}{key}.")
+            yield from differences(a, b, f"{prefix}{key}.")
         elif a != b:
             yield f"{prefix}{key}", a, b
 
@@ -79,7 +79,7 @@ def check_run_dir(run_dir, config, resume):
     ignored = RUNTIME_KEYS + HISTORY_KEYS
     comparable_old = {k: v for k, v in old.items() if k not in ignored}
     comparable_new = {k: v for k, v in config.items() if k not in ignored}
-    differ = list(_differences(comparable_old, comparable_new))
+    differ = list(differences(comparable_old, comparable_new))
     if any(key == "recipe.epochs" and given > stored for key, stored, given in differ):
         # more epochs may move milestones that lie ahead (a scaled schedule), never one already passed:
         # milestone m changes the rate from epoch m + 1 on

@@ -23,10 +23,12 @@ and a resume on another warns, naming what differs).
 `train` runs four steps: `_prepare` (seed, data, model, config), `_resume` (the state
 to start from, config.json, compile), `_fit` (the epochs) and `_finish` (the final files).
 """
+import contextlib
 import dataclasses
 import json
 import math
 import shutil
+import tempfile
 from pathlib import Path
 
 import keras
@@ -37,7 +39,7 @@ from nestzoo.builders import create_model
 from nestzoo.data import splits
 from nestzoo.recipe import get_recipe
 from nestzoo.saving import load_model
-from nestzoo.training import checkpoint, folder, report
+from nestzoo.training import checkpoint, folder, multiworker, report
 from nestzoo.training.callbacks import DeferredInterrupt, DivergenceGuard, RunState, TrainingDiverged
 from nestzoo.training.runtime import dtype_policy, environment, resolve_jit_compile, resolve_precision, warn_if_slow
 
@@ -50,10 +52,14 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.run_dir, self.epoch, self.epochs = run_dir, epoch, epochs
 
 
+def predicts_probabilities(model):
+    """Whether the model ends in a softmax (its outputs are probabilities, not logits)."""
+    return getattr(model.layers[-1], "activation", None) is keras.activations.softmax
+
+
 def loss_for(model):
     """Cross-entropy on the model's softmax probabilities, or on its logits."""
-    probabilities = getattr(model.layers[-1], "activation", None) is keras.activations.softmax
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=not predicts_probabilities(model))
 
 
 def model_identity(model):
@@ -93,7 +99,10 @@ def _build_model(model, data, policy, strategy, model_options):
     return model
 
 
-def _check_splits(data):
+def _check_splits(data, strategy):
+    if multiworker.is_multi_worker(strategy) and not data.epochs:
+        raise ValueError("a multi-worker run shards nestzoo's epoch order: give a data set name or (x, y) arrays, "
+                         "not tf.data datasets")
     if data.steps_per_epoch is None:
         raise ValueError("the training dataset is endless (a .repeat()?): give a finite one, whose batches make "
                          "one epoch")
@@ -142,6 +151,7 @@ class _Run:
     final: keras.Model = None  # and its model.keras, loaded and checked
     policy: str = "float32"
     strategy: object = None
+    writes: bool = True  # False on a multi-worker run's non-chief worker, which trains into a temporary folder
 
     @property
     def resnest(self):
@@ -162,12 +172,18 @@ def _prepare(model, data, recipe, run_dir, *, seed, precision, jit_compile, stra
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
     data = splits(data, recipe.batch_size, seed=seed, validation=validation, **(data_options or {}))
-    _check_splits(data)
+    _check_splits(data, strategy)
+    if multiworker.is_multi_worker(strategy):  # before the model: its variables are broadcast when created
+        multiworker.check_same_run(strategy, {
+            "model": model if isinstance(model, str) else getattr(model, "__name__", type(model).__name__),
+            "model_options": model_options, "data": data.name, "validation": data.validation_split,
+            "recipe": recipe.to_dict(), "seed": seed, "precision": policy})
     built = _build_model(model, data, policy, strategy, model_options)
     check_fits(built, data)
     name = (model_identity(built).name or model) if isinstance(model, str) else built.name
     config = _run_config(built, name, data, recipe, seed, policy, jit_compile, strategy, bool(deterministic))
-    run = _Run(run_dir, built, name, data, recipe, config, policy=policy, strategy=strategy)
+    run = _Run(run_dir, built, name, data, recipe, config, policy=policy, strategy=strategy,
+               writes=multiworker.writes_files(strategy))
     stored = folder.check_run_dir(run_dir, config, resume)
     if stored:
         run.extend = stored.pop("extend", None)
@@ -268,6 +284,12 @@ def _fit(run, state, verbose):
     run_state = RunState(run.run_dir, schedule, data.steps_per_epoch, data.num_train, state, run.name)
     run_state.set_model(model)
     _restore(run, run_state)
+    start = state["epoch"]
+    if multiworker.is_multi_worker(run.strategy):  # every worker starts from the chief's commit
+        variables = run_state.variables()
+        *values, start = multiworker.from_chief(run.strategy, [v.value for v in variables] + [tf.constant(start)])
+        checkpoint.assign(variables, [v.numpy() for v in values])
+        start = int(start)
     classes = data.num_classes or (model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None)
     interrupt = DeferredInterrupt()
     callbacks = [
@@ -277,14 +299,19 @@ def _fit(run, state, verbose):
         interrupt,
     ]
     if data.epochs:
-        train_data, steps = data.epochs(state["epoch"], recipe.epochs), data.steps_per_epoch
+        train_data, steps = data.epochs(start, recipe.epochs), data.steps_per_epoch
     else:
         train_data, steps = data.train, None
     try:
         with interrupt:
-            model.fit(train_data, validation_data=data.validation, epochs=recipe.epochs,
-                      initial_epoch=state["epoch"], steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
-                      shuffle=False)
+            if multiworker.is_multi_worker(run.strategy):
+                multiworker.fit(model, run.strategy, train_data, data.validation,
+                                from_logits=not predicts_probabilities(model), epochs=recipe.epochs,
+                                initial_epoch=start, steps_per_epoch=steps, callbacks=callbacks,
+                                verbose=(1 if verbose == "auto" else verbose) if run.writes else 0)
+            else:
+                model.fit(train_data, validation_data=data.validation, epochs=recipe.epochs, initial_epoch=start,
+                          steps_per_epoch=steps, callbacks=callbacks, verbose=verbose, shuffle=False)
         run_state.committer.wait()
     except TrainingDiverged:
         _wait_quietly(run_state)
@@ -299,7 +326,10 @@ def _fit(run, state, verbose):
 def _finish(run, run_state):
     """Test the final model, write model.keras, best.weights.h5, summary.json and curves.png; drop the checkpoint."""
     model, run_dir, state = run.model, run.run_dir, run_state.state
-    test_loss, test_accuracy = model.evaluate(run.data.test, verbose=0)
+    if multiworker.is_multi_worker(run.strategy):
+        test_loss, test_accuracy = multiworker.evaluator(model, not predicts_probabilities(model))(run.data.test)
+    else:
+        test_loss, test_accuracy = model.evaluate(run.data.test, verbose=0)
     folder.write_final(run_dir, "model.keras", model.save, folder.bytes_of(checkpoint.state_variables(model)),
                        state["epoch"])
     run_state.publish_best()
@@ -342,7 +372,9 @@ def train(model, data="digits", recipe="paper", *, output_dir, seed=0, precision
         "mixed_float16" or "mixed_bfloat16" (slow on a CPU: a warning says so).
         jit_compile: XLA; None is on for GPUs only.
     strategy: a ``tf.distribute`` strategy (e.g. MirroredStrategy); the model is built
-        and compiled under its scope.
+        and compiled under its scope. Under a ``MultiWorkerMirroredStrategy`` every
+        worker calls `train` alike; the epochs run on `nestzoo.training.multiworker`'s
+        loop, only the chief writes `output_dir`, and the other workers return None.
     resume: continue the run in `output_dir` from its last committed epoch; without it a
         directory holding another run's files is refused. More epochs than stored
         extend the run (recorded in config.json's "extended").
@@ -357,16 +389,25 @@ def train(model, data="digits", recipe="paper", *, output_dir, seed=0, precision
     """
     recipe = get_recipe(recipe, **overrides)
     _check_continue_learning_rate(continue_learning_rate, resume)
-    run_dir = Path(output_dir)
-    folder.check_output_dir(run_dir)
-    with checkpoint.claim(run_dir):
+    with contextlib.ExitStack() as stack:
+        if multiworker.writes_files(strategy):
+            run_dir = Path(output_dir)
+            folder.check_output_dir(run_dir)
+        else:  # TensorFlow's multi-worker pattern: a private folder, discarded
+            run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nestzoo-worker-")))
+            resume = True
+        stack.enter_context(checkpoint.claim(run_dir))
         run = _prepare(model, data, recipe, run_dir, seed=seed, precision=precision, jit_compile=jit_compile,
                        strategy=strategy, resume=resume, validation=validation, model_options=model_options,
                        data_options=data_options, deterministic=deterministic)
         if run.summary:
             run.final = _final_model(run)  # checked before anything is written
-            if not run.extend:
-                return _finished(run, continue_learning_rate)
+        finished = bool(run.summary and not run.extend)
+        if multiworker.is_multi_worker(run.strategy):  # the chief's folder decides for every worker
+            finished = bool(multiworker.from_chief(run.strategy, [tf.constant(int(finished))])[0])
+        if finished:
+            return _finished(run, continue_learning_rate) if run.writes else None
         state = _resume(run, continue_learning_rate)
         run_state = _fit(run, state, verbose)
-        return _finish(run, run_state)
+        summary = _finish(run, run_state)
+        return summary if run.writes else None
