@@ -114,7 +114,7 @@ def is_multi_worker(strategy):
 
 def writes_files(strategy):
     """Whether this process writes the run's files: the chief of a multi-worker cluster, or any single process."""
-    return strategy is None or not is_multi_worker(strategy) or bool(strategy.extended.should_checkpoint)
+    return not is_multi_worker(strategy) or bool(strategy.extended.should_checkpoint)
 
 
 def from_chief(strategy, values):
@@ -224,8 +224,8 @@ def _lost_worker():
 
     try:
         yield
-    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
-            tf.errors.DeadlineExceededError, tf.errors.InternalError) as error:
+    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError) as error:
+        # what a dead peer gives (UnavailableError on 127.0.0.1, for a lost worker and a lost chief alike)
         cause = next((line.strip() for line in str(error).splitlines() if "unhealthy" in line or "aborted" in line),
                      str(error).splitlines()[0])
         raise WorkerLost(f"a machine of the cluster stopped ({type(error).__name__}: {cause}). Restart every "
@@ -234,7 +234,10 @@ def _lost_worker():
 
 
 def evaluator(model, from_logits):
-    """A function of a batched (x, y) dataset: (mean loss, accuracy) of `model` on it, on this worker alone."""
+    """A function of a batched (x, y) dataset: (mean loss, accuracy) of `model` on it, on this worker alone.
+
+    ``model.evaluate`` under the strategy fails as ``model.fit`` does (the same symbolic build).
+    """
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
@@ -290,16 +293,15 @@ def fit(model, strategy, batches, validation, *, from_logits, epochs, initial_ep
             return loss * tf.cast(size, loss.dtype), _correct(y, out), tf.cast(tf.shape(y)[0], tf.float32)
         return [strategy.reduce("SUM", value, axis=None) for value in strategy.run(replica, args=batch)]
 
-    steps = steps_per_epoch
     hooks = keras.callbacks.CallbackList(callbacks, add_progbar=bool(verbose), model=model, verbose=verbose,
-                                         epochs=epochs, steps=steps)
+                                         epochs=epochs, steps=steps_per_epoch)
     iterator = iter(shard(strategy, batches))
     with synchronized_batch_norms(model), _lost_worker():
         hooks.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             hooks.on_epoch_begin(epoch)
             loss_sum = correct = seen = 0.0
-            for index in range(steps):
+            for index in range(steps_per_epoch):
                 hooks.on_train_batch_begin(index)
                 batch_loss_sum, batch_correct, batch_size = (float(v) for v in step(next(iterator)))
                 loss_sum, correct, seen = loss_sum + batch_loss_sum, correct + batch_correct, seen + batch_size
