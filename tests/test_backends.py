@@ -1,7 +1,10 @@
 """nestzoo under Keras's JAX and PyTorch backends: builders, .keras files and identity, basis taps, CoupledSGD.
 
 Keras reads KERAS_BACKEND once, at import, so each backend runs this file as a
-script in its own process. A backend that is not installed fails the test.
+script in its own process. A backend that is not installed fails the test. The JAX
+process also runs the registry's contract and channels_first
+(`test_applications.under_jax`): a second JAX process would compile JAX's eager
+initializers again.
 """
 import importlib.util
 import os
@@ -85,3 +88,7 @@ def test_backend_runs_builders_files_taps_and_optimizer(backend, tmp_path):
 
 if __name__ == "__main__":
     check_backend(*sys.argv[1:])
+    if sys.argv[1] == "jax":
+        from test_applications import under_jax  # this file's folder is on sys.path when run as a script
+
+        under_jax(sys.argv[2])

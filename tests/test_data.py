@@ -180,35 +180,6 @@ def test_digits_trains_a_small_model():
     assert history.history["val_accuracy"][-1] > 0.3
 
 
-MIRRORED = textwrap.dedent("""
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras, nestzoo
-    from nestzoo import data
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    d = data.load("digits", 64, validation=0.1, drop_remainder=True)
-    with strategy.scope():
-        model = nestzoo.ResNet(blocks=1, width=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
-        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
-    before = model.evaluate(d.validation, verbose=0)
-    history = model.fit(d.train, validation_data=d.validation, epochs=1, verbose=0)
-    print("replicas", strategy.num_replicas_in_sync, "before", before, "after", history.history["val_loss"][-1])
-""")
-
-
-def test_feeds_model_fit_under_mirrored_strategy_on_two_cpus():
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True,
-                            env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    words = result.stdout.split()
-    assert words[words.index("replicas") + 1] == "2"
-    assert float(words[words.index("after") + 1]) < 0.9 * float(words[words.index("before") + 1])  # it learned
-
-
 # CIFAR-10/100 through the real tensorflow-datasets code path, with tfds mocked.
 
 NUM_EXAMPLES = 24  # mock_data serves the same examples as train and test

@@ -122,6 +122,15 @@ MIRRORED = textwrap.dedent("""
     predictions = keras.saving.load_model(sys.argv[1] + "/model.keras").predict(x, verbose=0)
     summary["numpy_accuracy"] = float(np.mean(predictions.argmax(axis=1) == y))  # independent of evaluate()
     summary["numpy_loss"] = float(np.mean(-np.log(predictions[np.arange(len(y)), y])))
+    # nestzoo's digits pipeline feeding Keras's own model.fit under the same strategy
+    from nestzoo import data
+    d = data.load("digits", 64, validation=0.1, drop_remainder=True)
+    with strategy.scope():
+        model = nestzoo.ResNet(blocks=1, width=(8, 16, 32), input_shape=(8, 8, 1), classes=10)
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
+    before = model.evaluate(d.validation, verbose=0)
+    history = model.fit(d.train, validation_data=d.validation, epochs=1, verbose=0)
+    summary["pipeline_fit"] = {"before": before, "after": history.history["val_loss"][-1]}
     print(json.dumps(summary))
 """)
 
@@ -139,6 +148,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert summary["test_loss"] == pytest.approx(summary["numpy_loss"], rel=1e-3)
     assert abs(summary["test_accuracy"] - summary["numpy_accuracy"]) <= 1 / 64 + 1e-9
     assert summary["images_per_second"] > 0
+    fit = summary["pipeline_fit"]  # the digits pipeline fed model.fit on both replicas, and it learned
+    assert fit["after"] < 0.9 * fit["before"], fit
 
 
 def _quick_command(output, *extra):

@@ -1,5 +1,6 @@
 """A damaged or contested sweep is refused with what is wrong named: a trial's folder gone, the best
 trial's checkpoint gone or swapped, a state file that does not parse, a folder in use."""
+import json
 import shutil
 
 import numpy as np
@@ -46,6 +47,21 @@ def test_an_intact_sweep_resumes_without_training(data, copy):
     directory, best = copy
     sweep = _resume(data, directory)
     assert [r["status"] for r in sweep.rows] == ["COMPLETED"] * 3 and sweep.best_model.exists()
+
+
+def test_a_kill_after_a_trial_ended_but_before_the_oracle_forgot_it_does_not_rerun_it(data, copy):
+    """keras-tuner's end_trial writes oracle.json still listing the ended trial as running; the state
+    a SIGKILL leaves there is made here, and the resume trains nothing."""
+    directory, _ = copy
+    oracle = directory / tuning.PROJECT / "oracle.json"
+    state = json.loads(oracle.read_text())
+    last = state["end_order"].pop()
+    state["ongoing_trials"] = {"tuner0": last}
+    oracle.write_text(json.dumps(state))
+    sweep = _resume(data, directory)
+    starts = [e["trial"] for e in sweep.tuner.oracle.events.read() if e["event"] == "start"]
+    assert sorted(starts) == sorted(set(starts)) and len(starts) == 3
+    assert [r["status"] for r in sweep.rows] == ["COMPLETED"] * 3 and last in sweep.tuner.oracle.end_order
 
 
 def test_a_trial_folder_removed_is_named(data, copy):

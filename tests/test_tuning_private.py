@@ -30,6 +30,8 @@ def test_the_private_names_exist_with_the_arguments_used():
         for name in names:
             method = getattr(classes[owner], name)
             assert list(inspect.signature(method).parameters) == arguments.get(name, ["self"]), (owner, name)
+    oracle = keras_tuner.oracles.RandomSearchOracle(objective="val_loss", max_trials=1)
+    assert vars(oracle)["_retry_queue"] == [] and "self._retry_queue.append(" in inspect.getsource(type(oracle).reload)
     from keras_tuner.src import protos
     from keras_tuner.src.distribute import oracle_client
 

@@ -1,6 +1,6 @@
 """The one module that uses keras-tuner's private API (pinned in setup.cfg: keras-tuner>=1.4.8,<1.5).
 
-Two guarantees need it, and keras-tuner 1.4 has no public hook for either:
+Three guarantees need it, and keras-tuner 1.4 has no public hook for any of them:
 
 - **Atomic state.** keras-tuner writes its state (``oracle.json``, each
   ``trial_*/trial.json``, the tuner's ``<tuner_id>.json``) in place, so a SIGKILL
@@ -14,15 +14,24 @@ Two guarantees need it, and keras-tuner 1.4 has no public hook for either:
   each answer of the chief; a ping that fails within seconds needs the client's gRPC
   stub (``OracleClient.stub``) and keras-tuner's request messages (``keras_tuner.src.protos``).
 
+- **A finished trial is not run again.** keras-tuner 1.4's ``Oracle.end_trial`` writes
+  the trial's file, then ``oracle.json`` still listing the trial as running (it leaves
+  ``ongoing_trials`` only afterwards), and ``Oracle.reload`` sends every trial listed as
+  running to the private ``_retry_queue``: a kill between the two writes re-ran a
+  finished trial on resume.
+
 tests/test_tuning_private.py fails when an installed keras-tuner changes any of these.
 """
 import json
 import os
 from pathlib import Path
 
+from keras_tuner.engine.trial import TrialStatus
+
 from nestzoo.training.checkpoint import atomic_write_text
 
-USED = {  # class: the private names used here
+FINISHED = (TrialStatus.COMPLETED, TrialStatus.FAILED)  # a trial's statuses that end_trial leaves for good
+USED = {  # class: the private methods used here (and the oracle's attribute _retry_queue)
     "keras_tuner.Oracle": ("_get_oracle_fname", "_get_trial_dir", "_save_trial"),
     "keras_tuner.Tuner": ("_get_tuner_fname", "_is_worker", "_get_checkpoint_fname"),
 }
@@ -41,6 +50,14 @@ class AtomicOracleState:
 
     def _save_trial(self, trial):
         write_state(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
+
+    def reload(self):
+        """keras-tuner's reload, less the retry of a trial whose own file says it finished."""
+        super().reload()
+        for trial_id in [t for t in self._retry_queue if self.trials[t].status in FINISHED]:
+            self._retry_queue.remove(trial_id)
+            if trial_id not in self.end_order:
+                self.end_order.append(trial_id)
 
 
 class AtomicTunerState:
