@@ -34,6 +34,7 @@ and past that ``reduce_per_replica`` reduces the scalar metrics with ``axis=0``
 upgrade: a fixed Keras shows there.
 """
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -125,20 +126,28 @@ def from_chief(strategy, values):
 def _sum_over_workers(strategy, values, contribute):
     """The sum over the workers of their `values`, or zeros where `contribute` is False (one SUM all-reduce,
     to which only a worker's first replica contributes)."""
+    with _lost_worker():
+        return _all_reduce(strategy, contribute)(list(values))
+
+
+@functools.lru_cache(maxsize=None)
+def _all_reduce(strategy, contribute):
+    """`_sum_over_workers`'s tf.function, one per (strategy, contribute): traced once per list of shapes and
+    dtypes, not on every call (which TensorFlow warns of as retracing)."""
     import tensorflow as tf
 
     local = len(strategy.extended.worker_devices)
 
-    @tf.function(autograph=False)
-    def total():
-        def replica():
-            context = tf.distribute.get_replica_context()
-            first = tf.equal(context.replica_id_in_sync_group % local, 0) if contribute else tf.constant(False)
-            return [context.all_reduce("SUM", tf.where(first, tf.identity(v), tf.zeros_like(v))) for v in values]
-        return [strategy.experimental_local_results(v)[0] for v in strategy.run(replica)]
+    def replica(values):
+        context = tf.distribute.get_replica_context()
+        first = tf.equal(context.replica_id_in_sync_group % local, 0) if contribute else tf.constant(False)
+        return [context.all_reduce("SUM", tf.where(first, tf.identity(v), tf.zeros_like(v))) for v in values]
 
-    with _lost_worker():
-        return total()
+    @tf.function(autograph=False)
+    def total(values):
+        return [strategy.experimental_local_results(v)[0] for v in strategy.run(replica, args=(values,))]
+
+    return total
 
 
 def check_same_run(strategy, arguments):
